@@ -1,0 +1,420 @@
+"""The privacy engine: DP-SGD / DP-Adam with exact per-example clipping for any PyTorch model.
+
+Contract::
+
+    engine = PrivacyEngine(model, optimizer, max_grad_norm=C, noise_multiplier=sigma,
+                           expected_batch_size=B)
+    for micro_batch in logical_batch:            # any number, uneven sizes allowed
+        engine.backward(per_example_losses)      # accumulates sum_i clip(grad L_i)
+    engine.step()                                # + N(0, sigma^2 C^2), / B, optimizer.step()
+    engine.detach()                              # or use the engine as a context manager
+
+How a micro-batch is processed (``clipped_sum="bookkeeping"``, the default; Bu et al. 2023):
+
+1. While the model runs forward, a hook on every module that owns trainable parameters records the call
+   (inputs and outputs; no copies: these tensors are alive for autograd anyway).
+2. ``backward`` asks autograd for the gradients of ``sum_i L_i`` with respect to the recorded *outputs*
+   only. Autograd then skips every weight gradient (those tensors are not requested): the ordinary
+   weight gradient is never computed, because the clipped sum replaces it.
+3. Each module's rule (``privtune.rules``) turns (inputs, output gradients) into per-example gradients in
+   factored form; the engine takes their exact norms (ghost or materialised, per layer and per call,
+   ``norm_method``), with cross terms where one parameter is used by several calls (tied weights).
+4. The clipping rule (``privtune.clipping``) gives factors ``c_i``; the clipped sum ``sum_i c_i G_i`` is
+   formed from the same factors (one matrix product per layer) and accumulated.
+
+``clipped_sum="second_backward"`` is ghost clipping as in Li et al. (2022): norms as above, then a second
+backward of ``sum_i c_i L_i``.
+
+Privacy guard rails: BatchNorm in training mode is refused; a module whose per-example gradients cannot be
+computed raises :class:`~privtune.errors.UnsupportedModuleError`; on the first ``backward`` the engine
+checks that the per-example gradients add up to autograd's gradient of the summed loss (catching a
+parameter used outside the module that owns it), and refuses to go on if they do not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from privtune.clipping import ClippingRule, clip_factors, validate
+from privtune.errors import PrivacyError, PrivtuneError
+from privtune.grads import NORM_METHODS, NormMethod, PerExampleGrad, total_sq_norms
+from privtune.noise import gaussian_like
+from privtune.rules import EXAMPLE_MIXING_TYPES, ModuleCall, Rule, RuleRegistry, default_registry
+
+ClippedSum = Literal["bookkeeping", "second_backward"]
+
+
+class StepRecorder(Protocol):
+    """What the engine tells the privacy ledger at every step (``privtune.accounting.Ledger``)."""
+
+    def record(self, *, sample_rate: float, noise_multiplier: float, steps: int = 1) -> None: ...
+
+
+@dataclass
+class _Record:
+    module: nn.Module
+    name: str
+    rule: Rule
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    outputs: list[Tensor]
+    versions: list[int]
+
+
+def _detach(value: Any) -> Any:
+    return value.detach() if isinstance(value, Tensor) else value
+
+
+class PrivacyEngine:
+    """Turns ``model`` + ``optimizer`` into a differentially private optimiser (see module docstring).
+
+    Args:
+        model: any ``nn.Module``; every module that directly owns a parameter with ``requires_grad=True``
+            is hooked. Frozen parameters take no part in norms or updates.
+        optimizer: a ``torch.optim.Optimizer`` over (a subset of) the model's trainable parameters.
+        max_grad_norm: the clipping threshold C.
+        noise_multiplier: sigma; the noise added to the clipped sum is ``N(0, sigma^2 C^2)``.
+        expected_batch_size: B, the divisor of the noisy sum (for Poisson sampling, ``q * N``).
+        clipping: ``"flat"``, ``"per_layer"`` or ``"automatic"`` (see ``privtune.clipping``).
+        norm_method: ``"auto"`` (per layer and call: ghost when ``2 T^2 < p d``), ``"ghost"`` or
+            ``"per_example"`` (materialised per-example gradients).
+        clipped_sum: ``"bookkeeping"`` (one backward) or ``"second_backward"`` (ghost clipping).
+        gamma: stability constant of automatic clipping.
+        generator: RNG for the noise (reproducible runs).
+        rules: a :class:`~privtune.rules.RuleRegistry`; defaults to :func:`~privtune.rules.default_registry`.
+        ledger: optional privacy ledger; ``record(sample_rate=..., noise_multiplier=...)`` is called at
+            every ``step()`` (requires ``sample_rate``).
+        sample_rate: q, only used to tell the ledger what each step was.
+        self_check: verify on the first ``backward`` that the per-example gradients sum to autograd's
+            gradient (one extra backward, once).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_grad_norm: float,
+        noise_multiplier: float,
+        expected_batch_size: float,
+        clipping: ClippingRule = "flat",
+        norm_method: NormMethod = "auto",
+        clipped_sum: ClippedSum = "bookkeeping",
+        gamma: float = 0.01,
+        generator: torch.Generator | None = None,
+        rules: RuleRegistry | None = None,
+        ledger: StepRecorder | None = None,
+        sample_rate: float | None = None,
+        self_check: bool = True,
+    ) -> None:
+        validate(clipping, max_grad_norm, gamma)
+        if not (noise_multiplier >= 0 and math.isfinite(noise_multiplier)):
+            raise PrivtuneError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+        if not expected_batch_size > 0:
+            raise PrivtuneError(f"expected_batch_size must be > 0, got {expected_batch_size}")
+        if norm_method not in NORM_METHODS:
+            raise PrivtuneError(f"unknown norm_method {norm_method!r}; choose one of {', '.join(NORM_METHODS)}")
+        if clipped_sum not in ("bookkeeping", "second_backward"):
+            raise PrivtuneError(f"unknown clipped_sum {clipped_sum!r}; use 'bookkeeping' or 'second_backward'")
+        if clipped_sum == "second_backward" and clipping == "per_layer":
+            raise PrivtuneError(
+                "per_layer clipping needs a different factor per parameter, which one second backward of "
+                "sum_i c_i L_i cannot apply; use clipped_sum='bookkeeping'"
+            )
+        if ledger is not None and sample_rate is None:
+            raise PrivtuneError("a ledger needs the sample_rate of each step: pass sample_rate=q")
+        self.model = model
+        self.optimizer = optimizer
+        self.max_grad_norm = float(max_grad_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.expected_batch_size = float(expected_batch_size)
+        self.clipping = clipping
+        self.norm_method = norm_method
+        self.clipped_sum = clipped_sum
+        self.gamma = gamma
+        self.generator = generator
+        self.ledger = ledger
+        self.sample_rate = sample_rate
+        self.steps_taken = 0
+        self._self_check_pending = self_check
+        self._rules = rules if rules is not None else default_registry()
+
+        self._params: list[nn.Parameter] = []
+        self._index: dict[int, int] = {}
+        for param in model.parameters():  # deduplicated: a tied parameter appears once
+            if param.requires_grad:
+                self._index[id(param)] = len(self._params)
+                self._params.append(param)
+        if not self._params:
+            raise PrivtuneError("the model has no trainable parameters (requires_grad=True)")
+        self._check_optimizer()
+        self._accumulated: list[Tensor | None] = [None] * len(self._params)
+        self._records: list[_Record] = []
+        self._recording = True
+        self._batch_hint: int | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._attach()
+
+    # ------------------------------------------------------------------ hooks
+    def _check_optimizer(self) -> None:
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                if param.requires_grad and id(param) not in self._index:
+                    raise PrivacyError(
+                        "the optimizer updates a parameter that is not a trainable parameter of the model; "
+                        "its gradient would not be clipped. Build the optimizer from model.parameters()."
+                    )
+
+    def _attach(self) -> None:
+        for name, module in self.model.named_modules():
+            if isinstance(module, EXAMPLE_MIXING_TYPES):
+                self._handles.append(
+                    module.register_forward_pre_hook(functools.partial(self._refuse_mixing, name or "model"))
+                )
+            if any(p is not None and p.requires_grad for p in module._parameters.values()):
+                rule = self._rules.find(module)
+                if rule is None:
+                    raise PrivacyError(
+                        f"no rule computes per-example gradients of {name!r} ({type(module).__name__}); "
+                        "freeze its parameters or register a rule for its type"
+                    )
+                hook = functools.partial(self._record_call, name or "model", rule)
+                self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        self._handles.append(self.model.register_forward_pre_hook(self._note_batch_size, with_kwargs=True))
+
+    @staticmethod
+    def _refuse_mixing(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if module.training and torch.is_grad_enabled():
+            raise PrivacyError(
+                f"{name!r} ({type(module).__name__}) normalises with statistics of the whole batch, so one "
+                "example's gradient depends on the others and cannot be clipped per example. Replace it "
+                "with GroupNorm/LayerNorm, or put it in eval mode (module.eval()) with frozen parameters."
+            )
+
+    def _note_batch_size(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        for value in tree_flatten((args, kwargs))[0]:
+            if isinstance(value, Tensor) and value.dim() > 0:
+                self._batch_hint = value.shape[0]
+                return
+
+    def _record_call(
+        self, name: str, rule: Rule, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> Any:
+        if not self._recording or not torch.is_grad_enabled():
+            return None
+        replaced = None
+        batch = self._batch_hint
+        if isinstance(output, Tensor) and batch and batch > 1 and output.dim() > 0 and output.shape[0] == 1:
+            # Computed once for the whole batch (e.g. position embeddings of shape (1, T, d)): broadcast it
+            # here so that autograd keeps one output gradient per example instead of their sum.
+            output = replaced = output.expand(batch, *output.shape[1:])
+        outputs = [t for t in tree_flatten(output)[0] if isinstance(t, Tensor) and t.is_floating_point()]
+        if not any(t.requires_grad for t in outputs):
+            return replaced
+        self._records.append(
+            _Record(
+                module=module,
+                name=name,
+                rule=rule,
+                args=tree_map(_detach, args),
+                kwargs=tree_map(_detach, kwargs),
+                outputs=outputs,
+                versions=[t._version for t in outputs],
+            )
+        )
+        return replaced
+
+    @contextlib.contextmanager
+    def _paused(self) -> Iterator[None]:
+        """Rules may re-run a module (RMSNorm check, torch.func): those calls must not be recorded."""
+        previous, self._recording = self._recording, False
+        try:
+            yield
+        finally:
+            self._recording = previous
+
+    # --------------------------------------------------------------- backward
+    def backward(self, losses: Tensor) -> None:
+        """Accumulate ``sum_i clip(grad L_i)`` for the examples of one micro-batch.
+
+        ``losses`` holds one loss per example (1-D). The forward pass that produced it must have run
+        since the previous ``backward``. An empty micro-batch is allowed and adds nothing.
+        """
+        if not isinstance(losses, Tensor) or losses.dim() != 1:
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise PrivtuneError(
+                f"engine.backward expects a 1-D tensor of per-example losses, got {shape}; compute the loss "
+                "with reduction='none' and reduce over tokens only (e.g. privtune.losses)"
+            )
+        records, self._records = self._records, []
+        batch = losses.shape[0]
+        if batch == 0:
+            return
+        if not losses.requires_grad:
+            raise PrivtuneError("the losses do not require grad: run the forward pass with gradients enabled")
+        if any(p.requires_grad is False for p in self._params):
+            raise PrivtuneError(
+                "a parameter was frozen after the engine was built; build a new engine after changing "
+                "requires_grad so that norms and noise cover exactly the trainable parameters"
+            )
+        outputs: list[Tensor] = []
+        for record in records:
+            for tensor, version in zip(record.outputs, record.versions):
+                if tensor._version != version:
+                    raise PrivacyError(
+                        f"the output of {record.name!r} was modified in place after the module returned, so its "
+                        "gradient cannot be captured; avoid in-place ops on module outputs"
+                    )
+                if tensor.requires_grad:
+                    outputs.append(tensor)
+        if not outputs:
+            raise PrivtuneError(
+                "no recorded module call led to these losses: run the model's forward pass (with the engine "
+                "attached and gradients enabled) before engine.backward"
+            )
+        check = self._self_check_pending
+        second = self.clipped_sum == "second_backward"
+        total = losses.sum()
+        grads = torch.autograd.grad(total, outputs, allow_unused=True, retain_graph=second or check)
+        grad_of = {id(t): g for t, g in zip(outputs, grads)}
+        contributions = self._per_example_grads(records, grad_of, batch)
+        del records, grad_of, grads, outputs
+
+        if check:
+            self._verify_sums(total, contributions, retain_graph=second)
+            self._self_check_pending = False
+
+        order = sorted(contributions)
+        sq_norms = [total_sq_norms(contributions[k], self.norm_method) for k in order]
+        factors = clip_factors(self.clipping, self.max_grad_norm, sq_norms, len(self._params), self.gamma)
+        if second:
+            coef = factors[0].detach()
+            params = [self._params[k] for k in order]
+            del contributions
+            sums = torch.autograd.grad((losses * coef).sum(), params, allow_unused=True)
+            for k, value in zip(order, sums):
+                if value is not None:
+                    self._accumulate(k, value)
+            return
+        for k, factor in zip(order, factors):
+            parts = contributions.pop(k)
+            clipped = parts[0].clipped_sum(factor)
+            for part in parts[1:]:
+                clipped = clipped + part.clipped_sum(factor)
+            del parts
+            self._accumulate(k, clipped)
+
+    def _per_example_grads(
+        self, records: list[_Record], grad_of: dict[int, Tensor | None], batch: int
+    ) -> dict[int, list[PerExampleGrad]]:
+        contributions: dict[int, list[PerExampleGrad]] = defaultdict(list)
+        with self._paused():
+            for record in records:
+                grad_outputs = [grad_of.get(id(t)) for t in record.outputs]
+                if all(g is None for g in grad_outputs):
+                    continue  # this call did not influence the losses
+                for g in grad_outputs:
+                    if g is not None and (g.dim() == 0 or g.shape[0] != batch):
+                        raise PrivacyError(
+                            f"the output of {record.name!r} has shape {tuple(g.shape)}, not a batch of {batch}: "
+                            "its gradient is already summed over examples. Call the model itself (not a "
+                            "sub-module) so privtune sees the batch size, with batch-first inputs"
+                        )
+                call = ModuleCall(
+                    module=record.module,
+                    name=record.name,
+                    args=record.args,
+                    kwargs=record.kwargs,
+                    outputs=[t.detach() for t in record.outputs],
+                    grad_outputs=grad_outputs,
+                    batch_size=batch,
+                )
+                for param_name, grad in record.rule(call).items():
+                    contributions[self._index[id(record.module._parameters[param_name])]].append(grad)
+        return contributions
+
+    def _verify_sums(
+        self, total: Tensor, contributions: dict[int, list[PerExampleGrad]], retain_graph: bool
+    ) -> None:
+        """Per-example gradients must add up to autograd's gradient of the summed loss, parameter by
+        parameter; anything else means a parameter is used where no hook sees it."""
+        reference = torch.autograd.grad(total, self._params, allow_unused=True, retain_graph=retain_graph)
+        for k, (param, expected) in enumerate(zip(self._params, reference)):
+            parts = contributions.get(k, [])
+            if expected is None and not parts:
+                continue
+            ones = torch.ones(parts[0].batch_size, dtype=param.dtype, device=param.device) if parts else None
+            got = sum((part.clipped_sum(ones) for part in parts), torch.zeros_like(param))
+            expected = torch.zeros_like(param) if expected is None else expected
+            tol = 1e-8 if param.dtype == torch.float64 else 2e-3
+            error = (got - expected).norm()
+            scale = expected.norm() + got.norm() + 1e-30
+            if error > tol * scale and error > 1e-6 * tol:
+                name = next(n for n, p in self.model.named_parameters() if p is param)
+                raise PrivacyError(
+                    f"the per-example gradients of {name!r} do not add up to its gradient (relative error "
+                    f"{float(error / scale):.2e}): the parameter is used outside the module that owns it "
+                    "(e.g. F.linear(x, other.weight)) or a module's forward is not what its rule assumes. "
+                    "Use the module itself, freeze the parameter, or register a rule for the module."
+                )
+
+    def _accumulate(self, k: int, value: Tensor) -> None:
+        current = self._accumulated[k]
+        self._accumulated[k] = value if current is None else current.add_(value)
+
+    # ------------------------------------------------------------------- step
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the noise on the *sum* of clipped gradients: ``sigma * C``."""
+        return self.noise_multiplier * self.max_grad_norm
+
+    def step(self) -> None:
+        """Add ``N(0, sigma^2 C^2)`` once to each accumulated clipped sum, divide by the expected batch size,
+        run ``optimizer.step()``, and clear what was accumulated. A logical batch with no examples is a valid
+        step: the update is noise only (Poisson sampling can draw an empty batch)."""
+        if self._records:
+            raise PrivtuneError("a forward pass was recorded but engine.backward was not called on its losses")
+        for k, param in enumerate(self._params):
+            summed = self._accumulated[k]
+            if summed is None:
+                summed = torch.zeros_like(param)
+            if self.noise_multiplier > 0:
+                summed = summed + gaussian_like(summed, self.noise_std, self.generator)
+            param.grad = summed.div_(self.expected_batch_size)
+        self.optimizer.step()
+        for param in self._params:
+            param.grad = None
+        self._accumulated = [None] * len(self._params)
+        self.steps_taken += 1
+        if self.ledger is not None:
+            assert self.sample_rate is not None
+            self.ledger.record(sample_rate=self.sample_rate, noise_multiplier=self.noise_multiplier)
+
+    def clear(self) -> None:
+        """Drop what was accumulated and recorded since the last step (no update, no privacy cost)."""
+        self._accumulated = [None] * len(self._params)
+        self._records = []
+
+    # -------------------------------------------------------------- lifetime
+    def detach(self) -> None:
+        """Remove every hook this engine registered; the model is left as it was."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.clear()
+
+    def __enter__(self) -> PrivacyEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()

@@ -1,0 +1,93 @@
+"""The reference every clipping test compares against: one backward per example, in float64.
+
+``per_example_grads`` runs each example alone (unpadded), so padding, masking and batching inside the engine
+are checked too; ``clipped_update`` applies a clipping rule exactly as documented in privtune.clipping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from privtune import PrivacyEngine
+
+LossFn = Callable[[nn.Module, Sequence[Any]], Tensor]
+
+
+def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def per_example_grads(model: nn.Module, examples: Sequence[Any], loss_fn: LossFn) -> list[dict[str, Tensor]]:
+    params = trainable(model)
+    out = []
+    for example in examples:
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model, [example])
+        assert loss.shape == (1,)
+        loss.sum().backward()
+        out.append({n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for n, p in params.items()})
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def clipped_update(
+    grads: list[dict[str, Tensor]], rule: str, max_grad_norm: float, batch_size: float, gamma: float = 0.01
+) -> dict[str, Tensor]:
+    """``-(1/B) sum_i clip(g_i)``: the SGD(lr=1) update with noise 0."""
+    names = list(grads[0])
+    total = {n: torch.zeros_like(grads[0][n]) for n in names}
+    for g in grads:
+        if rule == "per_layer":
+            threshold = max_grad_norm / math.sqrt(len(names))
+            for n in names:
+                norm = g[n].norm().item()
+                total[n] += g[n] * (min(1.0, threshold / norm) if norm > 0 else 1.0)
+            continue
+        norm = math.sqrt(sum(float(g[n].pow(2).sum()) for n in names))
+        if rule == "flat":
+            factor = min(1.0, max_grad_norm / norm) if norm > 0 else 1.0
+        else:
+            factor = max_grad_norm / (norm + gamma)
+        for n in names:
+            total[n] += factor * g[n]
+    return {n: -t / batch_size for n, t in total.items()}
+
+
+def flat_norms(grads: list[dict[str, Tensor]]) -> list[float]:
+    return [math.sqrt(sum(float(t.pow(2).sum()) for t in g.values())) for g in grads]
+
+
+def engine_update(
+    model: nn.Module,
+    micro_batches: Sequence[Sequence[Any]],
+    loss_fn: LossFn,
+    batch_size: float,
+    **engine_kwargs: Any,
+) -> dict[str, Tensor]:
+    """Run one engine step (SGD lr=1, noise 0) and return the change of every trainable parameter;
+    the model's parameters are restored afterwards."""
+    params = trainable(model)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer = torch.optim.SGD(params.values(), lr=1.0)
+    engine_kwargs.setdefault("noise_multiplier", 0.0)
+    with PrivacyEngine(model, optimizer, expected_batch_size=batch_size, **engine_kwargs) as engine:
+        for micro_batch in micro_batches:
+            engine.backward(loss_fn(model, micro_batch))
+        engine.step()
+    update = {n: p.detach() - before[n] for n, p in params.items()}
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(before[n])
+    return update
+
+
+def assert_updates_close(got: dict[str, Tensor], expected: dict[str, Tensor], rtol: float = 1e-6) -> None:
+    assert got.keys() == expected.keys()
+    scale = max(float(t.abs().max()) for t in expected.values())
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=rtol * scale, msg=lambda m, n=name: f"{n}: {m}")
