@@ -71,6 +71,13 @@ class _Record:
     versions: list[int]
 
 
+def _split_rows(value: Any, batch: int) -> Any:
+    """(k B, ...) -> (B, k, ...): rows of a flattened (B, T, ...) tensor, grouped by example."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] != batch and value.shape[0] % batch == 0:
+        return value.reshape(batch, value.shape[0] // batch, *value.shape[1:])
+    return value
+
+
 def _detach(value: Any) -> Any:
     return value.detach() if isinstance(value, Tensor) else value
 
@@ -162,6 +169,7 @@ class PrivacyEngine:
         self._records: list[_Record] = []
         self._recording = True
         self._batch_hint: int | None = None
+        self._checked_layouts: set[str] = set()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._attach()
 
@@ -284,11 +292,22 @@ class PrivacyEngine:
             )
         check = self._self_check_pending
         second = self.clipped_sum == "second_backward"
+        flattened = {  # outputs whose rows are (example, position) pairs, not yet checked for this module
+            id(t): (record.name, t)
+            for record in records
+            if record.name not in self._checked_layouts
+            for t in record.outputs
+            if t.requires_grad and t.dim() > 0 and t.shape[0] != batch and t.shape[0] % batch == 0
+        }
         total = losses.sum()
-        grads = torch.autograd.grad(total, outputs, allow_unused=True, retain_graph=second or check)
+        grads = torch.autograd.grad(
+            total, outputs, allow_unused=True, retain_graph=second or check or bool(flattened)
+        )
         grad_of = {id(t): g for t, g in zip(outputs, grads)}
+        if flattened:
+            self._verify_row_layout(losses, list(flattened.values()), grad_of)
         contributions = self._per_example_grads(records, grad_of, batch)
-        del records, grad_of, grads, outputs
+        del records, grad_of, grads, outputs, flattened
 
         if check:
             self._verify_sums(total, contributions, retain_graph=second)
@@ -324,24 +343,50 @@ class PrivacyEngine:
                 if all(g is None for g in grad_outputs):
                     continue  # this call did not influence the losses
                 for g in grad_outputs:
-                    if g is not None and (g.dim() == 0 or g.shape[0] != batch):
+                    if g is not None and (g.dim() == 0 or g.shape[0] % batch != 0):
                         raise PrivacyError(
                             f"the output of {record.name!r} has shape {tuple(g.shape)}, not a batch of {batch}: "
                             "its gradient is already summed over examples. Call the model itself (not a "
                             "sub-module) so privtune sees the batch size, with batch-first inputs"
                         )
+                split = functools.partial(_split_rows, batch=batch)
                 call = ModuleCall(
                     module=record.module,
                     name=record.name,
-                    args=record.args,
-                    kwargs=record.kwargs,
-                    outputs=[t.detach() for t in record.outputs],
-                    grad_outputs=grad_outputs,
+                    args=tree_map(split, record.args),
+                    kwargs=tree_map(split, record.kwargs),
+                    outputs=[split(t.detach()) for t in record.outputs],
+                    grad_outputs=[None if g is None else split(g) for g in grad_outputs],
                     batch_size=batch,
                 )
                 for param_name, grad in record.rule(call).items():
                     contributions[self._index[id(record.module._parameters[param_name])]].append(grad)
         return contributions
+
+    def _verify_row_layout(
+        self, losses: Tensor, flattened: list[tuple[str, Tensor]], grad_of: dict[int, Tensor | None]
+    ) -> None:
+        """Some models flatten (B, T, d) to (B*T, d) inside a block (OPT does). Rows are then attributed to
+        examples batch-major (row r -> example r // T); this checks it, once per tensor layout, by weighting
+        each example's loss with a distinct factor w_i: every row's gradient must scale by its example's w_i.
+        """
+        batch = losses.shape[0]
+        weights = 1.0 + torch.arange(batch, dtype=losses.dtype, device=losses.device) / batch
+        tensors = [t for _, t in flattened]
+        weighted = torch.autograd.grad((losses * weights).sum(), tensors, allow_unused=True, retain_graph=True)
+        for (name, tensor), got in zip(flattened, weighted):
+            plain = grad_of.get(id(tensor))
+            if plain is None or got is None:
+                continue
+            rows = plain.reshape(batch, -1)
+            expected = rows * weights.unsqueeze(1)
+            if not torch.allclose(got.reshape(batch, -1), expected, rtol=1e-4, atol=1e-6 * float(rows.abs().max())):
+                raise PrivacyError(
+                    f"the output of {name!r} has shape {tuple(tensor.shape)} for a batch of {batch} and its rows "
+                    "are not grouped by example (batch-major), so its per-example gradients cannot be split. "
+                    "Keep the batch dimension first in this module's inputs."
+                )
+        self._checked_layouts.update(name for name, _ in flattened)
 
     def _verify_sums(
         self, total: Tensor, contributions: dict[int, list[PerExampleGrad]], retain_graph: bool

@@ -91,3 +91,56 @@ def assert_updates_close(got: dict[str, Tensor], expected: dict[str, Tensor], rt
     scale = max(float(t.abs().max()) for t in expected.values())
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=rtol, atol=rtol * scale, msg=lambda m, n=name: f"{n}: {m}")
+
+
+CLIPPING_RULES = ("flat", "per_layer", "automatic")
+NORM_METHODS = ("auto", "ghost", "per_example")
+# (clipping, norm_method, clipped_sum): every rule x every norm method in book-keeping mode, and the
+# second-backward mode for the rules it supports.
+ENGINE_MODES = [(c, n, "bookkeeping") for c in CLIPPING_RULES for n in NORM_METHODS] + [
+    (c, n, "second_backward") for c in ("flat", "automatic") for n in NORM_METHODS
+]
+
+
+def stacked_loss_fn(readout_seed: int = 0) -> LossFn:
+    """Loss for a single layer fed with stacked example tensors: ``sum(tanh(y) * R)`` per example, with a
+    fixed random readout R, so every output coordinate gets a different, non-trivial gradient."""
+    readouts: dict[tuple[int, ...], Tensor] = {}
+
+    def loss_fn(model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
+        out = model(torch.stack(list(batch)))
+        key = tuple(out.shape[1:])
+        if key not in readouts:
+            gen = torch.Generator().manual_seed(readout_seed)
+            readouts[key] = torch.randn(key, generator=gen, dtype=out.dtype)
+        return (torch.tanh(out) * readouts[key]).reshape(out.shape[0], -1).sum(1)
+
+    return loss_fn
+
+
+def check_all_modes(
+    model: nn.Module,
+    examples: Sequence[Any],
+    loss_fn: LossFn,
+    splits: Sequence[int] = (2,),
+    modes: Sequence[tuple[str, str, str]] = tuple(ENGINE_MODES),
+    rtol: float = 1e-6,
+) -> None:
+    """Engine update == brute-force update for every mode; the threshold C is the median flat norm so that
+    some examples are clipped and some are not. ``splits`` cut the examples into uneven micro-batches."""
+    grads = per_example_grads(model, examples, loss_fn)
+    norms = sorted(flat_norms(grads))
+    max_grad_norm = norms[len(norms) // 2]
+    batch_size = len(examples) + 0.5  # the divisor is the *expected* batch size, not the count
+    cuts = [0, *splits, len(examples)]
+    micro_batches = [examples[a:b] for a, b in zip(cuts, cuts[1:])]
+    for clipping, norm_method, clipped_sum in modes:
+        expected = clipped_update(grads, clipping, max_grad_norm, batch_size)
+        got = engine_update(
+            model, micro_batches, loss_fn, batch_size, max_grad_norm=max_grad_norm,
+            clipping=clipping, norm_method=norm_method, clipped_sum=clipped_sum,
+        )
+        try:
+            assert_updates_close(got, expected, rtol=rtol)
+        except AssertionError as exc:
+            raise AssertionError(f"mode {(clipping, norm_method, clipped_sum)}: {exc}") from None

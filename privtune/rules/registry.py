@@ -1,7 +1,7 @@
 """Which rule computes the per-example gradients of which module.
 
 A :class:`RuleRegistry` maps module types to rules (exact type first, then the nearest base class in the
-module's MRO), then tries structural matchers (e.g. RMSNorm-shaped modules), and finally the generic
+module's MRO, as long as the subclass does not redefine ``forward``), then tries structural matchers (e.g. RMSNorm-shaped modules), and finally the generic
 ``torch.func`` rule. :func:`default_registry` returns a fresh registry holding the built-in rules, so a
 user can add rules for their own layers without touching any global state::
 
@@ -44,9 +44,14 @@ class RuleRegistry:
         self._matchers.append((predicate, rule))
 
     def find(self, module: nn.Module) -> Rule | None:
+        """The rule for ``module``. A rule registered for a base class applies to a subclass only if the
+        subclass keeps the base class's ``forward``: a subclass that redefines it (OPT's learned positional
+        embedding takes an attention mask, not token ids) may break the rule's assumptions."""
         for cls in type(module).__mro__:
             if cls in self._by_type:
-                return self._by_type[cls]
+                if type(module).forward is cls.forward:
+                    return self._by_type[cls]
+                break
         for predicate, rule in self._matchers:
             if predicate(module):
                 return rule

@@ -1,0 +1,36 @@
+"""nn.Linear and transformers' Conv1D against the brute-force per-example loop (float64, noise 0)."""
+
+import pytest
+import torch
+from bruteforce import check_all_modes, stacked_loss_fn
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_shape", [(6,), (5, 6), (2, 3, 6)], ids=["2d", "3d", "4d"])
+def test_linear(bias, input_shape):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4, bias=bias), nn.Tanh(), nn.Linear(4, 3, bias=bias)).double()
+    examples = list(torch.randn(5, *input_shape, dtype=torch.float64))
+    check_all_modes(model, examples, stacked_loss_fn())
+
+
+def test_linear_ghost_and_materialised_agree_when_auto_switches():
+    """T large relative to p*d makes "auto" materialise; T small makes it use ghost norms."""
+    torch.manual_seed(1)
+    model = nn.Linear(3, 2).double()  # p*d = 6: ghost only for T = 1
+    for steps in (1, 4):
+        examples = list(torch.randn(4, steps, 3, dtype=torch.float64))
+        check_all_modes(model, examples, stacked_loss_fn(), splits=(1, 3))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_transformers_conv1d(bias):
+    torch.manual_seed(2)
+    layer = Conv1D(4, 6).double()
+    if not bias:
+        layer.bias.requires_grad_(False)
+    model = nn.Sequential(layer, nn.Tanh(), Conv1D(3, 4).double())
+    examples = list(torch.randn(5, 7, 6, dtype=torch.float64))
+    check_all_modes(model, examples, stacked_loss_fn())
