@@ -38,8 +38,8 @@ def opt() -> nn.Module:
     return _finish(tf.OPTForCausalLM(cfg))
 
 
-def bert() -> nn.Module:
-    cfg = tf.BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+def bert(layers: int = 2) -> nn.Module:
+    cfg = tf.BertConfig(hidden_size=16, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=24,
                         vocab_size=VOCAB, max_position_embeddings=32, hidden_dropout_prob=0.0,
                         attention_probs_dropout_prob=0.0, num_labels=3, pad_token_id=0)
     return _finish(tf.BertForSequenceClassification(cfg))
