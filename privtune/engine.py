@@ -48,7 +48,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from privtune.clipping import ClippingRule, clip_factors, validate
 from privtune.errors import PrivacyError, PrivtuneError
 from privtune.grads import NORM_METHODS, NormMethod, PerExampleGrad, total_sq_norms
-from privtune.noise import gaussian_like
+from privtune.noise import gaussian_
 from privtune.rules import EXAMPLE_MIXING_TYPES, ModuleCall, Rule, RuleRegistry, default_registry
 
 ClippedSum = Literal["bookkeeping", "second_backward"]
@@ -323,15 +323,12 @@ class PrivacyEngine:
             sums = torch.autograd.grad((losses * coef).sum(), params, allow_unused=True)
             for k, value in zip(order, sums):
                 if value is not None:
-                    self._accumulate(k, value)
+                    self._accumulator(k).add_(value)
             return
         for k, factor in zip(order, factors):
-            parts = contributions.pop(k)
-            clipped = parts[0].clipped_sum(factor)
-            for part in parts[1:]:
-                clipped = clipped + part.clipped_sum(factor)
-            del parts
-            self._accumulate(k, clipped)
+            accumulator = self._accumulator(k)
+            for part in contributions.pop(k):
+                part.add_clipped_sum_(accumulator, factor)
 
     def _per_example_grads(
         self, records: list[_Record], grad_of: dict[int, Tensor | None], batch: int
@@ -413,9 +410,16 @@ class PrivacyEngine:
                     "Use the module itself, freeze the parameter, or register a rule for the module."
                 )
 
-    def _accumulate(self, k: int, value: Tensor) -> None:
-        current = self._accumulated[k]
-        self._accumulated[k] = value if current is None else current.add_(value)
+    def _accumulator(self, k: int) -> Tensor:
+        """Parameter k's noisy sum for this logical batch, created on first use as the noise
+        ``N(0, sigma^2 C^2)`` itself: clipped sums are then added in place (no zero-filled buffer, no extra
+        pass over the parameter). The noise is drawn once per logical batch, whatever the micro-batches."""
+        accumulator = self._accumulated[k]
+        if accumulator is None:
+            param = self._params[k]
+            accumulator = torch.empty_like(param, memory_format=torch.contiguous_format)
+            self._accumulated[k] = gaussian_(accumulator, self.noise_std, self.generator)
+        return accumulator
 
     # ------------------------------------------------------------------- step
     @property
@@ -424,18 +428,13 @@ class PrivacyEngine:
         return self.noise_multiplier * self.max_grad_norm
 
     def step(self) -> None:
-        """Add ``N(0, sigma^2 C^2)`` once to each accumulated clipped sum, divide by the expected batch size,
+        """Add ``N(0, sigma^2 C^2)`` once to each accumulated clipped sum (drawn when the sum is started), divide by the expected batch size,
         run ``optimizer.step()``, and clear what was accumulated. A logical batch with no examples is a valid
         step: the update is noise only (Poisson sampling can draw an empty batch)."""
         if self._records:
             raise PrivtuneError("a forward pass was recorded but engine.backward was not called on its losses")
         for k, param in enumerate(self._params):
-            summed = self._accumulated[k]
-            if summed is None:
-                summed = torch.zeros_like(param)
-            if self.noise_multiplier > 0:
-                summed = summed + gaussian_like(summed, self.noise_std, self.generator)
-            param.grad = summed.div_(self.expected_batch_size)
+            param.grad = self._accumulator(k).div_(self.expected_batch_size)
         self.optimizer.step()
         for param in self._params:
             param.grad = None

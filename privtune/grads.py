@@ -49,8 +49,13 @@ class PerExampleGrad(ABC):
         """``||G_i||_F^2`` for every example: shape ``(B,)``."""
 
     @abstractmethod
+    def add_clipped_sum_(self, out: Tensor, coef: Tensor) -> Tensor:
+        """``out += sum_i coef_i G_i`` in place (book-keeping: no second backward, no temporary of the
+        parameter's size); ``out`` has the parameter's shape and is contiguous."""
+
     def clipped_sum(self, coef: Tensor) -> Tensor:
-        """``sum_i coef_i G_i`` with the parameter's shape (book-keeping: no second backward)."""
+        """``sum_i coef_i G_i`` with the parameter's shape."""
+        return self.add_clipped_sum_(torch.zeros(self.param_shape, dtype=coef.dtype, device=coef.device), coef)
 
     @abstractmethod
     def materialize(self) -> Tensor:
@@ -74,8 +79,10 @@ class DenseGrad(PerExampleGrad):
         flat = self.values.reshape(self.batch_size, -1)
         return torch.einsum("bk,bk->b", flat, flat)
 
-    def clipped_sum(self, coef: Tensor) -> Tensor:
-        return torch.tensordot(coef.to(self.values.dtype), self.values, dims=1)
+    def add_clipped_sum_(self, out: Tensor, coef: Tensor) -> Tensor:
+        flat = self.values.reshape(self.batch_size, -1)
+        out.view(-1).addmv_(flat.t(), coef.to(self.values.dtype))
+        return out
 
     def materialize(self) -> Tensor:
         return self.values
@@ -149,21 +156,24 @@ class OuterGrad(PerExampleGrad):
         out.index_add_(0, torch.div(unique_keys, self.left_size, rounding_mode="floor"), rows.pow(2).sum(1))
         return out
 
-    def clipped_sum(self, coef: Tensor) -> Tensor:
+    def add_clipped_sum_(self, out: Tensor, coef: Tensor) -> Tensor:
+        """Index factor: rows ``x_{i,t}`` of ``out`` += ``c_i g_{i,t}``. Dense: ``out += (c U)^T V``, one
+        matrix product (the scale goes on the narrower factor)."""
         coef = coef.to(self.right.dtype)
-        right = self.right.reshape(-1, self.right_size)
+        matrix = out.view(self.left_size, self.right_size)
         if self.left_is_index:
             weighted = (self.right * coef.view(-1, 1, 1)).reshape(-1, self.right_size)
-            out = self.right.new_zeros(self.left_size, self.right_size)
-            out.index_add_(0, self.left.reshape(-1), weighted)
-            return out.reshape(self.param_shape)
+            matrix.index_add_(0, self.left.reshape(-1), weighted)
+            return out
         left = self.left.reshape(-1, self.left_size)
+        right = self.right.reshape(-1, self.right_size)
         scale = coef.repeat_interleave(self.steps).unsqueeze(1)
-        if self.left_size <= self.right_size:  # scale the smaller factor
+        if self.left_size <= self.right_size:
             left = left * scale
         else:
             right = right * scale
-        return (left.t() @ right).reshape(self.param_shape)
+        matrix.addmm_(left.t(), right)
+        return out
 
     def materialize(self) -> Tensor:
         if self.left_is_index:

@@ -1,4 +1,4 @@
-"""The Gaussian mechanism's noise: ``N(0, sigma^2 C^2)`` per coordinate, added once per logical batch."""
+"""The Gaussian mechanism's noise: ``N(0, sigma^2 C^2)`` per coordinate, drawn once per logical batch."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import torch
 from torch import Tensor
 
 
-def gaussian_like(reference: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
-    """A tensor shaped like ``reference`` with i.i.d. ``N(0, std^2)`` entries.
+def gaussian_(tensor: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
+    """Fill ``tensor`` in place with i.i.d. ``N(0, std^2)`` entries (zeros when ``std == 0``).
 
-    ``generator`` makes runs reproducible (tests, resumption). PyTorch's generator is not a
-    cryptographically secure RNG; for deployments where floating-point/RNG attacks matter, seed it from
-    ``os.urandom`` (the default generator is seeded non-deterministically by PyTorch).
+    The engine draws the noise straight into the buffer that then accumulates the clipped sums, so the
+    noise costs one pass over the parameters and no extra memory. ``generator`` makes runs reproducible
+    (tests, exact resumption); PyTorch's generator is not cryptographically secure, so seed it from a
+    secret (``secrets.randbits``), never from a public configuration value, when the model is released.
     """
-    noise = torch.empty_like(reference, memory_format=torch.contiguous_format)
     if std == 0:
-        return noise.zero_()
-    return noise.normal_(0.0, std, generator=generator)
+        return tensor.zero_()
+    return tensor.normal_(0.0, std, generator=generator)
