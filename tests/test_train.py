@@ -1,0 +1,169 @@
+"""The training job end to end on tiny random models with the real tokenizers: run folder, privacy report,
+exact resumption after an interruption, every task kind, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import transformers
+
+from privtune.cli import main
+from privtune.errors import AccountingError, DataError, PrivtuneError
+from privtune.models import load_tokenizer
+from privtune.runs import load_checkpoint
+from privtune.train import TrainConfig, train
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                      max_position_embeddings=256, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = load_tokenizer("minilm-l6")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=128)
+    transformers.BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _config(tmp_path, model, **overrides):
+    base = dict(task="sst2", model=model, epsilon=8.0, train_limit=64, eval_limit=16, epochs=1.0, batch_size=16,
+                micro_batch_size=8, max_length=32, checkpoint_every=2, output_dir=str(tmp_path / "run"),
+                secret_seeds=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_private_classification_run_folder(tmp_path, tiny_bert_dir):
+    summary = train(_config(tmp_path, tiny_bert_dir), progress=False, log=lambda _: None)
+    run = tmp_path / "run"
+    for name in ("config.json", "plan.json", "metrics.json", "privacy.json", "history.json", "report.md",
+                 "plots/training.png", "plots/metrics.png", "checkpoint.pt"):
+        assert (run / name).exists(), name
+    privacy = json.loads((run / "privacy.json").read_text())
+    assert privacy["private"] and privacy["sampling"] == "poisson"
+    assert set(privacy["epsilon"]) == {"rdp", "pld", "gdp"}
+    assert privacy["spent"]["steps"] == privacy["steps"] == summary["steps"]
+    assert privacy["spent"]["epsilon"]["rdp"] <= 8.0 + 1e-6
+    assert 0 <= summary["after"]["accuracy"] <= 100
+    assert "epsilon spent" in (run / "report.md").read_text()
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, tiny_bert_dir, monkeypatch):
+    config = _config(tmp_path, tiny_bert_dir, train_limit=96, epochs=2.0, eval_before=False)
+    straight = dataclasses.replace(config, output_dir=str(tmp_path / "straight"))
+    train(straight, progress=False, log=lambda _: None)
+
+    from privtune import engine as engine_module
+
+    original = engine_module.PrivacyEngine.step
+    calls = {"n": 0}
+
+    def crash_on_fifth(self):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(engine_module.PrivacyEngine, "step", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False, log=lambda _: None)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+    monkeypatch.setattr(engine_module.PrivacyEngine, "step", original)
+    messages = []
+    train(config, progress=False, log=messages.append)
+    assert any("resuming" in m and "step 4" in m for m in messages)
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert a["step"] == b["step"]
+    for name, value in a["trainable"].items():
+        assert torch.equal(value, b["trainable"][name]), name
+    assert json.loads((tmp_path / "run" / "privacy.json").read_text())["spent"]["steps"] == a["step"]
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, tiny_bert_dir, monkeypatch):
+    config = _config(tmp_path, tiny_bert_dir, eval_before=False)
+    from privtune import engine as engine_module
+
+    def crash(self):
+        raise KeyboardInterrupt
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(engine_module.PrivacyEngine, "step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(dataclasses.replace(config, checkpoint_every=1), progress=False, log=lambda _: None)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")  # pretend a checkpoint exists
+    with pytest.raises(PrivtuneError, match="different configuration"):
+        train(dataclasses.replace(config, checkpoint_every=1, epsilon=3.0), progress=False, log=lambda _: None)
+
+
+@pytest.mark.parametrize("task", ["e2e", "dialog"])
+def test_generation_tasks(tmp_path, tiny_llama_dir, task):
+    summary = train(_config(tmp_path, tiny_llama_dir, task=task, eval_limit=3, max_new_tokens=4, max_length=96),
+                    progress=False, log=lambda _: None)
+    expected = {"perplexity", "f1"} if task == "dialog" else {"perplexity", "bleu", "rouge_l"}
+    assert set(summary["after"]) == expected
+    samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 3 and "generated" in json.loads(samples[0])
+
+
+def test_infilling_and_lora_and_non_private(tmp_path, tiny_llama_dir):
+    summary = train(_config(tmp_path, tiny_llama_dir, method="lora", non_private=True, epsilon=None),
+                    progress=False, log=lambda _: None)
+    assert summary["epsilon"] is None and summary["trainable_parameters"] < summary["total_parameters"]
+    privacy = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert privacy["private"] is False
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["classifier_mode"] == "infilling"
+
+
+def test_secret_seeds_make_noise_and_batches_unpredictable(tmp_path, tiny_bert_dir):
+    """Two runs with the same public config but secret seeds draw different batches and noise."""
+    runs = []
+    for name in ("a", "b"):
+        config = _config(tmp_path, tiny_bert_dir, secret_seeds=True, eval_before=False, output_dir=str(tmp_path / name))
+        train(config, progress=False, log=lambda _: None)
+        runs.append(load_checkpoint(tmp_path / name / "checkpoint.pt")["trainable"])
+        assert json.loads((tmp_path / name / "plan.json").read_text())["seed"] != 0
+    assert any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_bad_inputs(tmp_path, tiny_bert_dir):
+    with pytest.raises(DataError, match="fewer than one logical batch"):
+        train(_config(tmp_path, tiny_bert_dir, batch_size=128), progress=False, log=lambda _: None)
+    with pytest.raises(AccountingError):
+        train(_config(tmp_path, tiny_bert_dir, epsilon=0.0, output_dir=str(tmp_path / "r2")), progress=False,
+              log=lambda _: None)
+    with pytest.raises(PrivtuneError, match="unknown model"):
+        train(_config(tmp_path, str(tmp_path / "nowhere"), output_dir=str(tmp_path / "r3")), progress=False,
+              log=lambda _: None)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tlabel\na fine film\t1\nno label here\nawful\tx\n")
+    with pytest.raises(DataError, match="line 3"):
+        train(_config(tmp_path, tiny_bert_dir, train_file=str(bad), output_dir=str(tmp_path / "r4")),
+              progress=False, log=lambda _: None)
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, capsys):
+    code = main(["train", "--task", "sst2", "--model", str(tmp_path / "missing"), "--epsilon", "3",
+                 "--output-dir", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("privtune train: error:") and "Traceback" not in err
