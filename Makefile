@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/privtune demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check privtune tests benchmarks
+	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest
