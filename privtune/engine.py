@@ -47,7 +47,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from privtune.clipping import ClippingRule, clip_factors, validate
 from privtune.errors import PrivacyError, PrivtuneError
-from privtune.grads import NORM_METHODS, NormMethod, PerExampleGrad, total_sq_norms
+from privtune.grads import NORM_METHODS, GramCache, NormMethod, PerExampleGrad, total_sq_norms
 from privtune.noise import gaussian_
 from privtune.rules import EXAMPLE_MIXING_TYPES, ModuleCall, Rule, RuleRegistry, default_registry
 
@@ -314,7 +314,9 @@ class PrivacyEngine:
             self._self_check_pending = False
 
         order = sorted(contributions)
-        sq_norms = [total_sq_norms(contributions[k], self.norm_method) for k in order]
+        grams = GramCache()
+        sq_norms = [total_sq_norms(contributions[k], self.norm_method, grams) for k in order]
+        del grams
         factors = clip_factors(self.clipping, self.max_grad_norm, sq_norms, len(self._params), self.gamma)
         if second:
             coef = factors[0].detach()

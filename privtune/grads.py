@@ -35,6 +35,27 @@ def choose_method(method: NormMethod, steps: int, left_size: int, right_size: in
     return "ghost" if 2 * steps * steps < left_size * right_size else "per_example"
 
 
+class GramCache:
+    """Per-example Gram matrices ``X_i X_i^T`` of factors, computed once per backward and shared by every layer
+    that reads the same tensor (Llama's q/k/v projections read one normalised hidden state; gate/up another).
+    Keys are the tensor's memory and layout; the factors stay alive for the whole backward, so no key is
+    reused by another tensor while the cache lives."""
+
+    def __init__(self) -> None:
+        self._grams: dict[tuple[object, ...], Tensor] = {}
+
+    def self_gram(self, factor: Tensor) -> Tensor:
+        key = (factor.data_ptr(), factor.storage_offset(), tuple(factor.shape), factor.stride(), factor.dtype)
+        gram = self._grams.get(key)
+        if gram is None:
+            if factor.is_floating_point():
+                gram = torch.bmm(factor, factor.transpose(1, 2))
+            else:  # token indices: one-hot rows meet where the tokens are equal
+                gram = factor.unsqueeze(2) == factor.unsqueeze(1)
+            self._grams[key] = gram
+        return gram
+
+
 class PerExampleGrad(ABC):
     """One module call's contribution to one parameter's per-example gradients ``G_1..G_B``."""
 
@@ -45,7 +66,7 @@ class PerExampleGrad(ABC):
     def batch_size(self) -> int: ...
 
     @abstractmethod
-    def sq_norms(self, method: NormMethod = "auto") -> Tensor:
+    def sq_norms(self, method: NormMethod = "auto", cache: GramCache | None = None) -> Tensor:
         """``||G_i||_F^2`` for every example: shape ``(B,)``."""
 
     @abstractmethod
@@ -75,7 +96,7 @@ class DenseGrad(PerExampleGrad):
     def batch_size(self) -> int:
         return self.values.shape[0]
 
-    def sq_norms(self, method: NormMethod = "auto") -> Tensor:
+    def sq_norms(self, method: NormMethod = "auto", cache: GramCache | None = None) -> Tensor:
         flat = self.values.reshape(self.batch_size, -1)
         return torch.einsum("bk,bk->b", flat, flat)
 
@@ -133,12 +154,18 @@ class OuterGrad(PerExampleGrad):
         right_gram = torch.bmm(self.right, other.right.transpose(1, 2))
         return torch.einsum("bts,bts->b", self._left_gram(other), right_gram)
 
-    def sq_norms(self, method: NormMethod = "auto") -> Tensor:
+    def ghost_sq_norms(self, cache: GramCache) -> Tensor:
+        """``<U U^T, V V^T>`` with both Gram matrices from ``cache`` (shared across layers)."""
+        left = cache.self_gram(self.left).to(self.right.dtype)
+        return torch.einsum("bts,bts->b", left, cache.self_gram(self.right))
+
+    def sq_norms(self, method: NormMethod = "auto", cache: GramCache | None = None) -> Tensor:
+        cache = GramCache() if cache is None else cache
         if self.left_is_index:
             # Ghost with an equality mask costs T^2 d; summing rows that share a token costs T d.
-            return self.ghost_inner(self) if method == "ghost" else self._index_sq_norms()
+            return self.ghost_sq_norms(cache) if method == "ghost" else self._index_sq_norms()
         if choose_method(method, self.steps, self.left_size, self.right_size) == "ghost":
-            return self.ghost_inner(self)
+            return self.ghost_sq_norms(cache)
         per_example = torch.bmm(self.left.transpose(1, 2), self.right)
         flat = per_example.reshape(self.batch_size, -1)
         return torch.einsum("bk,bk->b", flat, flat)
@@ -199,13 +226,15 @@ def inner(a: PerExampleGrad, b: PerExampleGrad) -> Tensor:
     return torch.einsum("bk,bk->b", flat_a, flat_b)
 
 
-def total_sq_norms(contributions: list[PerExampleGrad], method: NormMethod = "auto") -> Tensor:
+def total_sq_norms(
+    contributions: list[PerExampleGrad], method: NormMethod = "auto", cache: GramCache | None = None
+) -> Tensor:
     """``||sum_m G_i^m||^2 = sum_m ||G_i^m||^2 + 2 sum_{m<n} <G_i^m, G_i^n>``: the exact norm of a
     parameter's per-example gradient when several module calls use it (tied weights, shared layers)."""
-    total = contributions[0].sq_norms(method)
+    total = contributions[0].sq_norms(method, cache)
     for m, first in enumerate(contributions):
         if m:
-            total = total + first.sq_norms(method)
+            total = total + first.sq_norms(method, cache)
         for second in contributions[m + 1 :]:
             total = total + 2 * inner(first, second)
     return total
