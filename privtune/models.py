@@ -278,6 +278,68 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     )
 
 
+POOLINGS: tuple[str, ...] = ("auto", "mean", "model")
+
+
+class MeanPooler(torch.nn.Module):
+    """Replaces an encoder's ``pooler``: the mean of the last hidden states over the non-padding tokens.
+
+    The encoder's forward pre-hook (installed by :func:`use_mean_pooling`) hands it the attention mask of the
+    current batch. No parameters: the classifier reads the sentence embedding the checkpoint was trained to
+    produce, instead of an untrained [CLS] pooler.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention_mask: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        mask = self.attention_mask
+        if mask is None or mask.shape != hidden_states.shape[:2]:
+            return hidden_states.mean(dim=1)
+        weights = mask.to(hidden_states.dtype).unsqueeze(-1)
+        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _checkpoint_pooling(directory: Path) -> str:
+    """"mean" if the checkpoint is a sentence-transformers model trained with mean pooling, else "model"."""
+    try:
+        config = json.loads((directory / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "model"
+    return "mean" if config.get("pooling_mode_mean_tokens") else "model"
+
+
+def use_mean_pooling(model: torch.nn.Module) -> torch.nn.Module:
+    """Make a ``*ForSequenceClassification`` encoder classify the masked mean of its token states (in place)."""
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if base is None or not hasattr(base, "pooler"):
+        raise PrivtuneError(f"{type(model).__name__} has no encoder pooler to replace with mean pooling")
+    pooler = MeanPooler()
+    base.pooler = pooler
+
+    def keep_mask(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1:
+            mask = args[1]
+        pooler.attention_mask = mask
+
+    base.register_forward_pre_hook(keep_mask, with_kwargs=True)
+    model.config.privtune_pooling = "mean"
+    return model
+
+
+def _classifier_output(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The last linear layer of the classification head (``classifier``, ``classifier.out_proj``, ``score``)."""
+    for name in ("classifier", "score"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear):
+            return head
+        if head is not None and isinstance(getattr(head, "out_proj", None), torch.nn.Linear):
+            return head.out_proj
+    return None
+
+
 def load_model(
     name_or_path: str | Path,
     task_kind: str,
@@ -285,6 +347,8 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     *,
     seed: int = 0,
+    pooling: str = "auto",
+    zero_head: bool | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """``(model, tokenizer)`` for a known model name or a local Hugging Face directory.
 
@@ -292,6 +356,14 @@ def load_model(
     "classification" -> ``AutoModelForSequenceClassification`` with ``num_labels`` outputs, the new head
     initialised from ``seed`` (the global RNG is left untouched); "base" -> ``AutoModel`` (no head).
     The tokenizer has a pad token, and the model's config carries its id.
+
+    ``pooling`` (encoder classification only): "mean" classifies the masked mean of the token states
+    (:class:`MeanPooler`); "model" keeps the model's own [CLS] pooler; "auto" (default) uses mean pooling for
+    sentence-transformers checkpoints trained with it (``1_Pooling/config.json``, e.g. ``minilm-l6``, whose
+    [CLS] pooler was never trained for sentences). ``zero_head``: start the new head's output layer at zero,
+    so that training begins at "uniform over labels" from the checkpoint's own features and the first,
+    noisiest private steps move the head rather than push a random head's error into the encoder; default:
+    True with mean pooling, False otherwise.
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -321,4 +393,19 @@ def load_model(
             model = AutoModel.from_pretrained(directory, **common)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if task_kind == "classification":
+        if pooling not in POOLINGS:
+            raise PrivtuneError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        if pooling == "auto":
+            pooling = _checkpoint_pooling(directory) if architecture == "encoder" else "model"
+        if pooling == "mean":
+            use_mean_pooling(model)
+        if zero_head is None:
+            zero_head = pooling == "mean"
+        head = _classifier_output(model)
+        if zero_head and head is not None:
+            with torch.no_grad():
+                head.weight.zero_()
+                if head.bias is not None:
+                    head.bias.zero_()
     return model, tokenizer
