@@ -25,7 +25,7 @@ Method
   cache state), by up to 1.7x on this machine. The worker builds the model, runs ``--warmup`` untimed steps
   and ``--steps`` timed steps (``time.perf_counter`` around each whole step) and prints one JSON line.
   Workers use ``torch.set_num_threads(2)``.
-* **Interleaving and medians.** The machine is shared, so its speed drifts by 2-3x over minutes. Kinds are
+* **Interleaving and medians.** The machine is shared, so its speed drifts by 2-4x over minutes. Kinds are
   interleaved as whole processes (round r runs every kind of a configuration back to back, in an order
   rotated by r), the headline configuration is repeated for ``--headline-rounds`` rounds and the others
   for ``--rounds`` rounds. A kind's time is the median over its runs of each run's median step time;
@@ -51,11 +51,15 @@ Method
   (or down from the first that does not) and bisecting, so the reported B fits and B + 1 does not. A
   watchdog thread in the worker ends a probe as soon as its RSS passes the cap (so failed probes are
   cheap); the decision uses the exact peak.
-* **Profile** (``--profile``): torch.profiler over two steps of the fastest privtune kind and of the
-  non-private step, each in its own process. privtune's functions are wrapped in ``record_function``
-  ranges (in the worker process only; the library is not modified) to split the engine's time into
-  hooks, backward pass(es), rules, norms, clip factors, clipped sums, noise and the optimizer.
-  The top-ops tables go to ``benchmarks/out/profile.txt``; the split goes into the results.
+* **Profile** (``--profile``, on by default): two steps of the fastest privtune kind (by CPU time) and of
+  the non-private step, each in its own process, under torch.profiler. privtune's functions, autograd
+  and AdamW are wrapped in timing ranges (in the worker process only; the library is not modified) that
+  record CPU and wall time and mark profiler ranges, splitting the step into forward, recording hooks,
+  backward pass(es), per-example rules, norms, clip factors, clipped sums, noise and the optimizer. The
+  top-ops tables go to ``benchmarks/out/profile.txt``; the split goes into the results.
+* **Budget.** Defaults: 3 rounds of 1 warm-up + 2 timed steps for the headline configuration, 1 round of
+  1 warm-up + 1 timed step elsewhere (about an hour at this machine's load); ``--resume JSON`` adds phases
+  or rounds to an existing results file (every addition is recorded in it).
 
 Outputs: ``benchmarks/results/step_cost.json`` (everything, raw runs included), ``step_cost.md`` (the
 tables; also spliced into ``benchmarks/README.md`` between ``<!-- step_cost:begin -->`` and
@@ -64,8 +68,9 @@ tables; also spliced into ``benchmarks/README.md`` between ``<!-- step_cost:begi
 Usage::
 
     .venv/bin/python benchmarks/step_cost.py --quick          # smoke test, tiny 2-layer models
-    .venv/bin/python benchmarks/step_cost.py                  # the full default run (~40-50 min here)
+    .venv/bin/python benchmarks/step_cost.py                  # the full default run (~1 hour here)
     .venv/bin/python benchmarks/step_cost.py --render-only benchmarks/results/step_cost.json
+    .venv/bin/python benchmarks/step_cost.py --resume benchmarks/results/step_cost.json --phases profile
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ import math
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -688,8 +694,10 @@ def _fmt_run(result: dict[str, Any]) -> str:
     )
 
 
-def run_main(settings: Settings, log: Callable[[str], None], sink: Callable[[dict[str, Any]], None]) -> None:
-    """The interleaved rounds: every kind of every cell, as whole processes; each result goes to ``sink``."""
+def run_main(settings: Settings, log: Callable[[str], None], sink: Callable[[dict[str, Any]], None],
+             first_round: int = 0) -> None:
+    """The interleaved rounds: every kind of every cell, as whole processes; each result goes to ``sink``.
+    ``first_round`` numbers the rounds after those of a resumed results file."""
     cells = plan_cells(settings)
     total = sum(cell.rounds * len(kinds_for(cell, settings)) for cell in cells)
     done = 0
@@ -704,7 +712,7 @@ def run_main(settings: Settings, log: Callable[[str], None], sink: Callable[[dic
                 steps = settings.steps if cell.key == settings.headline else settings.scan_steps
                 spec = WorkerSpec(cell.model, cell.seq_len, cell.batch, kind, settings.warmup, steps)
                 result = spawn(spec, settings, log)
-                result["round"] = round_index
+                result["round"] = first_round + round_index
                 result["phase"] = "main"
                 sink(result)
                 done += 1
@@ -1041,14 +1049,16 @@ def render_markdown(data: dict[str, Any]) -> str:
     head_model, head_t, head_b = s["headline"]
     meta = data["meta"]
     main_runs = [r for r in data["runs"] if r.get("phase", "main") == "main"]
-    versions: dict[str, int] = {}
+    versions: dict[str, list[Any]] = {}
     for run in main_runs:
-        label = f"{run['engine_sha1']} (git {run.get('git_head', '?')})" if "engine_sha1" in run else "not recorded"
-        versions[label] = versions.get(label, 0) + 1
+        entry = versions.setdefault(run.get("engine_sha1", "not recorded"), [0, set()])
+        entry[0] += 1
+        entry[1].add(run.get("git_head", "?"))
     known = [v for v in versions if v != "not recorded"]
     lines = [
         "privtune engine measured (hash of its source files): "
-        + ", ".join(f"{v}: {n} runs" for v, n in versions.items())
+        + ", ".join(f"{v} ({n} runs" + (f", git {', '.join(sorted(heads))})" if v != "not recorded" else ")")
+                    for v, (n, heads) in versions.items())
         + (" -- **several engine versions were measured in this run**" if len(known) > 1 else "") + ". "
         f"Generated by `{meta['command']}` on {meta['date']} ({meta['cpu']}, {s['threads']} threads, torch "
         f"{meta['versions'].get('torch')}, transformers {meta['versions'].get('transformers')}, opacus "
@@ -1064,7 +1074,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "serial work, such as noise generation, by up to 2x relative to wall time on an idle machine). "
         "**Step memory** = peak RSS during the steps minus the RSS after loading the model (activations, "
         "gradients, per-example quantities, AdamW state); the memory ratios use it. Raw peak = absolute peak "
-        "RSS of the process during the steps.",
+        "RSS of the process during the steps."
+        + "".join(f" Extra runs were added later with `{extra}`." for extra in meta.get("resumed_with", [])),
         "",
         f"### {MODELS[head_model].label}, T={head_t}, micro-batch {head_b}",
         "",
@@ -1180,7 +1191,7 @@ def render_plot(data: dict[str, Any], path: Path) -> None:
     for index, model in enumerate(s["models"]):
         for color_index, kind in enumerate(k for k in KINDS if k != REFERENCE):
             ys = [(_find(cells, model, t, head_b, kind) or {}).get("cpu_ratio") for t in s["seq_lens"]]
-            if any(y is not None for y in ys):
+            if sum(y is not None for y in ys) >= 2:
                 axes[1].plot(s["seq_lens"], [math.nan if y is None else y for y in ys], marker="o",
                              ls=styles[index % 4], color=f"C{color_index}",
                              label=f"{KINDS[kind]}" if index == 0 else None)
@@ -1191,11 +1202,12 @@ def render_plot(data: dict[str, Any], path: Path) -> None:
         f"{styles[i % 4]} {MODELS[m].label}" for i, m in enumerate(s["models"])) + ")", fontsize=8)
     axes[1].set_ylabel("CPU-time ratio to non-private")
     axes[1].set_title(f"CPU-time ratio vs T (B={head_b})")
-    axes[1].legend(fontsize=6)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=6)
     for model in s["batch_scan_models"]:
         for color_index, kind in enumerate(k for k in KINDS if k != REFERENCE):
             ys = [(_find(cells, model, head_t, b, kind) or {}).get("cpu_ratio") for b in s["batch_sizes"]]
-            if any(y is not None for y in ys):
+            if sum(y is not None for y in ys) >= 2:
                 axes[2].plot(s["batch_sizes"], [math.nan if y is None else y for y in ys], marker="o",
                              color=f"C{color_index}", label=KINDS[kind])
     axes[2].set_xscale("log", base=2)
@@ -1203,7 +1215,8 @@ def render_plot(data: dict[str, Any], path: Path) -> None:
     axes[2].axhline(1.0, color="black", lw=0.8)
     axes[2].set_xlabel("micro-batch B")
     axes[2].set_title(f"CPU-time ratio vs micro-batch (T={head_t})")
-    axes[2].legend(fontsize=6)
+    if axes[2].get_legend_handles_labels()[0]:
+        axes[2].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -1386,7 +1399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             handle.write(json.dumps(result) + "\n")
 
     started = time.perf_counter()
-    command = "python benchmarks/step_cost.py" + ("" if not sys.argv[1:] else " " + " ".join(sys.argv[1:]))
+    command = " ".join(["python benchmarks/step_cost.py", shlex.join(sys.argv[1:])]).strip()
     data: dict[str, Any] = previous or {
         "meta": {"command": command, "date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "cpu": _cpu_name(),
                  "python": platform.python_version(), "versions": _versions()},
@@ -1408,7 +1421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_outputs(data, settings, log)
 
     if "main" in settings.phases:
-        run_main(settings, log, sink)
+        run_main(settings, log, sink, first_round=1 + max((r.get("round", -1) for r in runs), default=-1))
         save()
     if "max_batch" in settings.phases and settings.max_batch_kinds:
         data["max_batch"] = run_max_batch(settings, data["cells"], log, sink)
