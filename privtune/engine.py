@@ -170,6 +170,7 @@ class PrivacyEngine:
         self._recording = True
         self._batch_hint: int | None = None
         self._checked_layouts: set[str] = set()
+        self._rule_memos: dict[int, dict[Any, Any]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._attach()
 
@@ -357,6 +358,7 @@ class PrivacyEngine:
                     outputs=[split(t.detach()) for t in record.outputs],
                     grad_outputs=[None if g is None else split(g) for g in grad_outputs],
                     batch_size=batch,
+                    memo=self._rule_memos.setdefault(id(record.module), {}),
                 )
                 for param_name, grad in record.rule(call).items():
                     contributions[self._index[id(record.module._parameters[param_name])]].append(grad)

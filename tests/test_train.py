@@ -167,3 +167,27 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("privtune train: error:") and "Traceback" not in err
+
+
+def test_mean_pooling_head_for_sentence_encoders(tmp_path, tiny_bert_dir):
+    """A sentence-transformers checkpoint (1_Pooling/config.json with mean pooling) classifies the masked mean of
+    its token states with a zero-initialised head; padding does not change an example's pooled features."""
+    import shutil
+
+    from privtune.models import load_model
+
+    path = tmp_path / "st"
+    shutil.copytree(tiny_bert_dir, path)
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    model, tokenizer = load_model(str(path), "classification", num_labels=2)
+    assert float(model.classifier.weight.detach().abs().sum()) == 0.0
+    model.eval()
+    short = tokenizer(["a fine film"], return_tensors="pt")
+    padded = tokenizer(["a fine film", "a much longer sentence with many more words"], padding=True,
+                       return_tensors="pt")
+    with torch.no_grad():
+        model.classifier.weight.normal_()
+        alone = model(**short).logits[0]
+        batched = model(**padded).logits[0]
+    torch.testing.assert_close(alone, batched, rtol=1e-4, atol=1e-5)

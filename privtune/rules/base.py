@@ -31,6 +31,9 @@ class ModuleCall:
     grad_outputs: list[Tensor | None]
     batch_size: int
     extra: dict[str, Any] = field(default_factory=dict)
+    # Facts a rule established about this module on an earlier call (e.g. "this RMSNorm is linear in its
+    # weight"), kept by the engine that owns the hooks for as long as it is attached; never global.
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def input(self) -> Tensor:

@@ -5,8 +5,9 @@
 * RMSNorm of any flavour (``torch.nn.RMSNorm``, Llama/Mistral/Qwen/T5 modules): recognised by structure,
   not by class name: a leaf module whose only parameter is a 1-D ``weight`` and whose output is
   ``weight * n(x)``. ``n(x)`` is obtained from the module itself with the weight set to ones (so its own
-  dtype casts and epsilon are reproduced exactly); linearity in the weight is verified on every call with
-  a probe weight, and a module that fails the check is handed to the generic ``torch.func`` rule instead.
+  dtype casts and epsilon are reproduced exactly); linearity in the weight is verified with a probe weight
+  on the module's first call in each dtype (the engine remembers the result for as long as it is
+  attached), and a module that fails the check is handed to the generic ``torch.func`` rule instead.
 
 BatchNorm mixes examples within a batch and is refused by the engine (see ``privtune.rules.registry``).
 """
@@ -64,15 +65,19 @@ def rms_norm_rule(call: ModuleCall) -> dict[str, PerExampleGrad]:
         return {}
     weight = module.weight
     x = call.input
+    key = ("rms_norm_is_scale", x.dtype, weight.dtype, x.device)
     with torch.no_grad():
         normalised = torch.func.functional_call(module, {"weight": torch.ones_like(weight)}, (x,))
-        # A fixed non-constant probe (no draw from the global RNG, which would perturb training).
-        probe = torch.linspace(0.5, 1.5, weight.numel(), dtype=weight.dtype, device=weight.device)
-        probed = torch.func.functional_call(module, {"weight": probe}, (x,))
-        tol = _tolerance(normalised.dtype)
-        is_scale = isinstance(normalised, Tensor) and torch.allclose(
-            probed, probe * normalised, rtol=tol, atol=tol
-        ) and torch.allclose(call.outputs[0], weight.detach() * normalised, rtol=tol, atol=tol)
+        is_scale = call.memo.get(key)
+        if is_scale is None:
+            # A fixed non-constant probe (no draw from the global RNG, which would perturb training).
+            probe = torch.linspace(0.5, 1.5, weight.numel(), dtype=weight.dtype, device=weight.device)
+            probed = torch.func.functional_call(module, {"weight": probe}, (x,))
+            tol = _tolerance(normalised.dtype)
+            is_scale = isinstance(normalised, Tensor) and torch.allclose(
+                probed, probe * normalised, rtol=tol, atol=tol
+            ) and torch.allclose(call.outputs[0], weight.detach() * normalised, rtol=tol, atol=tol)
+            call.memo[key] = is_scale
     if not is_scale:
         return functional_rule(call)
     return {"weight": DenseGrad(_sum_to_param(call, call.grad_output * normalised, 1))}
