@@ -64,6 +64,9 @@ Method
 Outputs: ``benchmarks/results/step_cost.json`` (everything, raw runs included), ``step_cost.md`` (the
 tables; also spliced into ``benchmarks/README.md`` between ``<!-- step_cost:begin -->`` and
 ``<!-- step_cost:end -->``) and ``step_cost.png``. ``benchmarks/out/`` is scratch (log, raw runs, profile).
+``--out-name NAME`` changes the stem of the three results files (``NAME.json``, ``NAME.md``, ``NAME.png``), e.g.
+to re-measure a few configurations without overwriting the full run; with a stem other than the default
+``step_cost`` nothing is spliced into ``benchmarks/README.md`` (unless ``--readme`` is given explicitly).
 
 Usage::
 
@@ -71,6 +74,7 @@ Usage::
     .venv/bin/python benchmarks/step_cost.py                  # the full default run (~1 hour here)
     .venv/bin/python benchmarks/step_cost.py --render-only benchmarks/results/step_cost.json
     .venv/bin/python benchmarks/step_cost.py --resume benchmarks/results/step_cost.json --phases profile
+    .venv/bin/python benchmarks/step_cost.py --out-name step_cost_headline --models gpt2-124m ...  # side file
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ HERE = Path(__file__).resolve().parent
 RESULT_PREFIX = "RESULT "
 README_BEGIN = "<!-- step_cost:begin -->"
 README_END = "<!-- step_cost:end -->"
+DEFAULT_OUT_NAME = "step_cost"  # stem of the results files; only this stem is spliced into the README
 GIB = 1024.0
 
 # ----------------------------------------------------------------------------------------- catalogue
@@ -612,6 +617,7 @@ class Settings:
     scratch_dir: Path
     readme: Path | None
     quick: bool
+    out_name: str = DEFAULT_OUT_NAME
 
 
 def plan_cells(settings: Settings) -> list[Cell]:
@@ -1238,13 +1244,14 @@ def splice_readme(readme: Path, markdown: str) -> bool:
 def write_outputs(data: dict[str, Any], settings: Settings, log: Callable[[str], None]) -> None:
     """JSON, Markdown, plot, and the README splice."""
     settings.results_dir.mkdir(parents=True, exist_ok=True)
-    (settings.results_dir / "step_cost.json").write_text(json.dumps(data, indent=1) + "\n")
+    stem = settings.out_name
+    (settings.results_dir / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
     markdown = render_markdown(data)
-    (settings.results_dir / "step_cost.md").write_text(markdown)
-    render_plot(data, settings.results_dir / "step_cost.png")
+    (settings.results_dir / f"{stem}.md").write_text(markdown)
+    render_plot(data, settings.results_dir / f"{stem}.png")
     if settings.readme is not None and splice_readme(settings.readme, markdown):
         log(f"updated the table in {settings.readme}")
-    log(f"wrote {settings.results_dir}/step_cost.{{json,md,png}}")
+    log(f"wrote {settings.results_dir}/{stem}.{{json,md,png}}")
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -1287,8 +1294,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=None,
                         help="default benchmarks/results (benchmarks/out/quick with --quick)")
     parser.add_argument("--scratch-dir", type=Path, default=HERE / "out")
-    parser.add_argument("--readme", type=Path, default=HERE / "README.md",
-                        help="file whose step_cost markers receive the tables ('' to skip)")
+    parser.add_argument("--out-name", default=DEFAULT_OUT_NAME,
+                        help=f"stem of the results files (default {DEFAULT_OUT_NAME}); another stem writes "
+                             "NAME.{json,md,png} and skips the README splice unless --readme is given")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="file whose step_cost markers receive the tables ('' to skip; default "
+                             "benchmarks/README.md with the default --out-name, none otherwise)")
     parser.add_argument("--quick", action="store_true", help="tiny 2-layer smoke run (~2-3 minutes)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("--render-only", type=Path, default=None, help="re-render outputs from a results JSON")
@@ -1328,7 +1339,12 @@ def resolve(args: argparse.Namespace) -> Settings:
     for name in [*models, head_model]:
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    readme = None if str(args.readme) in ("", ".") else args.readme
+    if not args.out_name or "/" in args.out_name or args.out_name.startswith("."):
+        raise SystemExit(f"--out-name must be a plain file stem, got {args.out_name!r}")
+    if args.readme is None:  # only the default stem feeds the README's table
+        readme = HERE / "README.md" if args.out_name == DEFAULT_OUT_NAME else None
+    else:
+        readme = None if str(args.readme) in ("", ".") else args.readme
     return Settings(
         models=models, seq_lens=pick("seq_lens"), batch_sizes=pick("batch_sizes"),
         batch_scan_models=pick("batch_scan_models"), kinds=kinds, headline=(head_model, int(head_t), int(head_b)),
@@ -1340,7 +1356,7 @@ def resolve(args: argparse.Namespace) -> Settings:
         phases=args.phases, worker_timeout=args.worker_timeout, worker_mem_limit_gib=args.worker_mem_limit_gib,
         omp_wait_policy=args.omp_wait_policy,
         results_dir=pick("results_dir"), scratch_dir=args.scratch_dir, readme=None if args.quick else readme,
-        quick=args.quick,
+        quick=args.quick, out_name=args.out_name,
     )
 
 
