@@ -525,7 +525,7 @@ def suggest_hyperparameters(
     budget = n * target
     if budget < small_signal_budget:
         reasoning.append(
-            f"Warning: N x epsilon = {budget:,.0f} is small (the paper's SST-2 at epsilon = 3: ~200,000). The averaged "
+            f"Warning: N x epsilon = {budget:,.6g} is small (the paper's SST-2 at epsilon = 3: ~200,000). The averaged "
             "noise then dominates most coordinates of a full model, and DP-Adam moves each of them by about the "
             "learning rate at every step. Expect a large gap to non-private training; prefer LoRA (or fewer trained "
             "parameters), more data or a larger epsilon. On MiniLM/SST-2 with N = 8,000 at epsilon = 3 (1 epoch), the "

@@ -159,6 +159,9 @@ def test_suggestion_for_small_data_uses_sqrt_batch_and_enough_steps():
     s = suggest_hyperparameters(2000, 8.0, pld_discretization=COARSE)
     assert s["batch_size"] == 179
     assert s["steps"] >= 100
+    assert any(line.startswith("Warning: N x epsilon = 16,000 is small") for line in s["reasoning"])
+    tiny = suggest_hyperparameters(100, 0.005, pld_discretization=COARSE)
+    assert any(line.startswith("Warning: N x epsilon = 0.5 is small") for line in tiny["reasoning"])  # not "= 0"
 
 
 def test_suggestion_respects_given_values():

@@ -4,10 +4,10 @@ Epsilon decreases as the noise multiplier sigma grows, so calibration brackets t
 ``epsilon(sigma) - target`` and solves it with Brent's method on ``log sigma``. The answer is always on the safe
 side: ``epsilon(returned sigma) <= target`` is checked before returning.
 
-Cost (measured on one shared CPU core; see docs/accounting.md): RDP well under 1 s. PLD reuses the RDP answer as
-its upper bracket (PLD is tighter than RDP, so the RDP sigma always meets the target under PLD) and then
-evaluates the PLD about 6-10 times: a few seconds at the default grid of 1e-4 (each evaluation ~0.5 s for
-hundreds to a few thousand steps), a fraction of that at 1e-3.
+Cost (measured on a shared 2-core machine; see docs/accounting.md): RDP 0.4-0.8 s of CPU time (12-13 evaluations
+of ~0.06 s). PLD reuses the RDP answer as its upper bracket (PLD is tighter than RDP, so the RDP sigma always
+meets the target under PLD) and then evaluates the PLD 9-10 times: 2-3 s of CPU time at the default grid of 1e-4
+(each evaluation 0.2-0.3 s for hundreds to a few thousand steps), somewhat less at 1e-3.
 """
 
 from __future__ import annotations
