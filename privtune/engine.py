@@ -25,10 +25,12 @@ How a micro-batch is processed (``clipped_sum="bookkeeping"``, the default; Bu e
 ``clipped_sum="second_backward"`` is ghost clipping as in Li et al. (2022): norms as above, then a second
 backward of ``sum_i c_i L_i``.
 
-Privacy guard rails: BatchNorm in training mode is refused; a module whose per-example gradients cannot be
-computed raises :class:`~privtune.errors.UnsupportedModuleError`; on the first ``backward`` the engine
-checks that the per-example gradients add up to autograd's gradient of the summed loss (catching a
-parameter used outside the module that owns it), and refuses to go on if they do not.
+Privacy guard rails: BatchNorm using batch statistics (training mode, or no running statistics) is
+refused; a module whose per-example gradients cannot be computed raises
+:class:`~privtune.errors.UnsupportedModuleError`; on the first ``backward`` the engine checks that the
+per-example gradients, weighted by a distinct factor per example, add up to autograd's gradient of the
+losses weighted the same way (catching a parameter used outside the module that owns it, and a model that
+mixes examples within the batch), and refuses to go on if they do not.
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ class PrivacyEngine:
         ledger: optional privacy ledger; ``record(sample_rate=..., noise_multiplier=...)`` is called at
             every ``step()`` (requires ``sample_rate``).
         sample_rate: q, only used to tell the ledger what each step was.
-        self_check: verify on the first ``backward`` that the per-example gradients sum to autograd's
-            gradient (one extra backward, once).
+        self_check: verify on the first ``backward`` that the per-example gradients, weighted by a
+            distinct factor per example, sum to autograd's gradient of the weighted losses (one extra
+            backward, once; again on the first micro-batch of two or more examples if the first had one).
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class PrivacyEngine:
         self.sample_rate = sample_rate
         self.steps_taken = 0
         self._self_check_pending = self_check
+        self._sums_checked = False  # the self-check ran on a micro-batch of one (which cannot mix examples)
         self._rules = rules if rules is not None else default_registry()
 
         self._params: list[nn.Parameter] = []
@@ -203,11 +207,17 @@ class PrivacyEngine:
 
     @staticmethod
     def _refuse_mixing(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if module.training and torch.is_grad_enabled():
+        # BatchNorm uses the batch's statistics in training mode, and also in eval mode when it keeps no
+        # running statistics (track_running_stats=False): the same test as _BatchNorm.forward.
+        batch_statistics = module.training or (
+            getattr(module, "running_mean", None) is None and getattr(module, "running_var", None) is None
+        )
+        if batch_statistics and torch.is_grad_enabled():
             raise PrivacyError(
                 f"{name!r} ({type(module).__name__}) normalises with statistics of the whole batch, so one "
                 "example's gradient depends on the others and cannot be clipped per example. Replace it "
-                "with GroupNorm/LayerNorm, or put it in eval mode (module.eval()) with frozen parameters."
+                "with GroupNorm/LayerNorm, or put it in eval mode (module.eval()) with running statistics "
+                "and frozen parameters."
             )
 
     def _note_batch_size(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -291,7 +301,8 @@ class PrivacyEngine:
                 "no recorded module call led to these losses: run the model's forward pass (with the engine "
                 "attached and gradients enabled) before engine.backward"
             )
-        check = self._self_check_pending
+        # Mixing between examples only shows in a micro-batch of at least two, so the check waits for one.
+        check = self._self_check_pending and (batch > 1 or not self._sums_checked)
         second = self.clipped_sum == "second_backward"
         flattened = {  # outputs whose rows are (example, position) pairs, not yet checked for this module
             id(t): (record.name, t)
@@ -311,8 +322,9 @@ class PrivacyEngine:
         del records, grad_of, grads, outputs, flattened
 
         if check:
-            self._verify_sums(total, contributions, retain_graph=second)
-            self._self_check_pending = False
+            self._verify_sums(losses, contributions, retain_graph=second)
+            self._sums_checked = True
+            self._self_check_pending = batch == 1
 
         order = sorted(contributions)
         grams = GramCache()
@@ -390,28 +402,46 @@ class PrivacyEngine:
         self._checked_layouts.update(name for name, _ in flattened)
 
     def _verify_sums(
-        self, total: Tensor, contributions: dict[int, list[PerExampleGrad]], retain_graph: bool
+        self, losses: Tensor, contributions: dict[int, list[PerExampleGrad]], retain_graph: bool
     ) -> None:
-        """Per-example gradients must add up to autograd's gradient of the summed loss, parameter by
-        parameter; anything else means a parameter is used where no hook sees it."""
-        reference = torch.autograd.grad(total, self._params, allow_unused=True, retain_graph=retain_graph)
+        """Per-example gradients must be the gradients of the per-example losses, parameter by parameter.
+        Checked with a distinct weight per example: ``sum_i w_i G_i`` must equal autograd's gradient of
+        ``sum_i w_i L_i``. With equal weights this only checks the sum (catching a parameter used where no
+        hook sees it); distinct weights also catch a wrong split between examples: a model that mixes
+        examples within the batch (batch statistics, a batch dimension that is not first), which would
+        otherwise make one example's "gradient" depend on the others and void the clipping bound."""
+        batch = losses.shape[0]
+        weights = 1.0 + torch.arange(batch, dtype=losses.dtype, device=losses.device) / batch
+        reference = torch.autograd.grad(
+            (losses * weights).sum(), self._params, allow_unused=True, retain_graph=retain_graph
+        )
+        # A gradient that is zero in exact arithmetic (an attention key's bias: softmax ignores a shift common
+        # to all keys) is pure rounding noise on both sides, so relative error means nothing there. Errors are
+        # therefore measured against the parameter's own gradient plus a small share of the whole model's:
+        # a real mismatch (mixing, an unseen use) shows in the parameters that carry gradient.
+        global_scale = math.sqrt(sum(float(g.detach().double().pow(2).sum()) for g in reference if g is not None))
         for k, (param, expected) in enumerate(zip(self._params, reference)):
             parts = contributions.get(k, [])
             if expected is None and not parts:
                 continue
-            ones = torch.ones(parts[0].batch_size, dtype=param.dtype, device=param.device) if parts else None
-            got = sum((part.clipped_sum(ones) for part in parts), torch.zeros_like(param))
+            coef = weights.to(param.dtype)
+            got = sum((part.clipped_sum(coef) for part in parts), torch.zeros_like(param))
             expected = torch.zeros_like(param) if expected is None else expected
-            tol = 1e-8 if param.dtype == torch.float64 else 2e-3
-            error = (got - expected).norm()
-            scale = expected.norm() + got.norm() + 1e-30
-            if error > tol * scale and error > 1e-6 * tol:
+            # float64 models may still compute parts in float32 (Llama's RMSNorm does), and the weighted
+            # backward rounds differently from the one the per-example gradients came from.
+            tol = 1e-6 if param.dtype == torch.float64 else 2e-3
+            error = float((got - expected).detach().norm())
+            scale = float(expected.detach().norm() + got.detach().norm()) + 1e-3 * global_scale + 1e-30
+            if error > tol * scale:
                 name = next(n for n, p in self.model.named_parameters() if p is param)
                 raise PrivacyError(
                     f"the per-example gradients of {name!r} do not add up to its gradient (relative error "
-                    f"{float(error / scale):.2e}): the parameter is used outside the module that owns it "
-                    "(e.g. F.linear(x, other.weight)) or a module's forward is not what its rule assumes. "
-                    "Use the module itself, freeze the parameter, or register a rule for the module."
+                    f"{error / scale:.2e} with examples weighted differently): the parameter is used "
+                    "outside the module that owns it (e.g. F.linear(x, other.weight)), a module's forward is "
+                    "not what its rule assumes, or the model mixes examples within the batch (batch "
+                    "statistics, a batch dimension that is not first), so no per-example gradient exists. "
+                    "Use the module itself with batch-first inputs, freeze the parameter, or register a rule "
+                    "for the module."
                 )
 
     def _accumulator(self, k: int) -> Tensor:

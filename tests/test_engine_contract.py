@@ -45,6 +45,26 @@ def test_noise_std_is_sigma_c_over_b_and_added_once_per_step(micro_batches):
     assert abs(float(update.mean())) < 4 * expected / math.sqrt(update.numel())
 
 
+def test_noise_reaches_every_parameter_tensor_even_one_without_gradient():
+    """Each parameter tensor on its own has noise std sigma*C/B, including one that no example touched in
+    this step (an unused branch: leaving it unchanged would reveal that no example used it). The bound on
+    each tensor's sample std is 6 standard errors; the seed is fixed, so this cannot flake."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"used": nn.Linear(300, 200), "unused": nn.Linear(300, 100)}).double()
+    for p in model.parameters():
+        nn.init.zeros_(p)
+    sigma, clip, batch = 1.3, 0.5, 6.0
+    engine = _engine(model, noise_multiplier=sigma, max_grad_norm=clip, expected_batch_size=batch,
+                     generator=torch.Generator().manual_seed(7))
+    for size in (2, 1, 3):  # uneven micro-batches
+        engine.backward(model["used"](torch.randn(size, 300, dtype=torch.float64)).pow(2).sum(1))
+    engine.step()
+    expected = sigma * clip / batch
+    for name, p in model.named_parameters():
+        tolerance = 6 / math.sqrt(2 * p.numel())
+        assert abs(float(p.detach().std()) / expected - 1) < tolerance, name
+
+
 def test_noise_is_reproducible_with_a_generator_and_differs_across_steps():
     def run(seed):
         model = _linear_model()

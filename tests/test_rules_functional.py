@@ -102,6 +102,60 @@ def test_batch_norm_in_training_mode_is_refused(norm):
         model(torch.randn(4, 3))
 
 
+def test_batch_norm_without_running_statistics_is_refused_in_eval_mode():
+    """track_running_stats=False: BatchNorm normalises with the batch's statistics even in eval mode."""
+    norm = nn.BatchNorm1d(3, affine=False, track_running_stats=False).eval()
+    model = nn.Sequential(nn.Linear(3, 3), norm)
+    _engine(model)
+    with pytest.raises(PrivacyError, match="statistics of the whole batch"):
+        model(torch.randn(4, 3))
+
+
+class BatchCentering(nn.Module):
+    """No parameters, no known type, yet one example's output depends on every other example."""
+
+    def forward(self, x):
+        return x - x.mean(0, keepdim=True)
+
+
+class Gate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(5))
+
+    def forward(self, x):
+        return torch.tanh(x * self.w)
+
+
+class TimeMajorGate(nn.Module):
+    """Hands its child (T, B, d): with T == B the torch.func fallback would split by time step, not example."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = Gate()
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(self.gate(x.transpose(0, 1)).transpose(0, 1))
+
+
+@pytest.mark.parametrize(
+    "make_model, shape",
+    [(lambda: nn.Sequential(nn.Linear(3, 3), BatchCentering(), nn.Tanh(), nn.Linear(3, 2)), (4, 3)),
+     (TimeMajorGate, (4, 4, 5))],
+    ids=["batch-centering", "time-major"],
+)
+def test_models_that_mix_examples_are_refused(make_model, shape):
+    """The self-check weights each example's loss differently, so a wrong split between examples (not only a
+    wrong sum) is caught before any update: never a silent non-private step."""
+    torch.manual_seed(6)
+    model = make_model().double()
+    engine = _engine(model)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with pytest.raises(PrivacyError, match="mixes examples within the batch"):
+        engine.backward(model(x).pow(2).reshape(shape[0], -1).sum(1))
+
+
 def test_frozen_batch_norm_in_eval_mode_is_allowed():
     torch.manual_seed(4)
     norm = nn.BatchNorm1d(3).double().eval().requires_grad_(False)
@@ -146,3 +200,12 @@ def test_subclass_that_redefines_forward_does_not_inherit_the_rule():
     model = nn.Sequential(ShiftedPositions(12, 3), nn.Linear(3, 2)).double()
     masks = [torch.tensor([1, 1, 1, 0]), torch.tensor([1, 1, 0, 0]), torch.tensor([1, 1, 1, 1])]
     check_all_modes(model, masks, stacked_loss_fn(), splits=(1,), modes=[("flat", "auto", "bookkeeping")])
+
+
+def test_mixing_is_caught_even_when_the_first_micro_batch_has_one_example():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(3, 3), BatchCentering(), nn.Tanh(), nn.Linear(3, 2)).double()
+    engine = _engine(model)
+    engine.backward(model(torch.randn(1, 3, dtype=torch.float64)).pow(2).sum(1))  # one example cannot mix
+    with pytest.raises(PrivacyError, match="mixes examples within the batch"):
+        engine.backward(model(torch.randn(3, 3, dtype=torch.float64)).pow(2).sum(1))

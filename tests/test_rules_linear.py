@@ -34,3 +34,23 @@ def test_transformers_conv1d(bias):
     model = nn.Sequential(layer, nn.Tanh(), Conv1D(3, 4).double())
     examples = list(torch.randn(5, 7, 6, dtype=torch.float64))
     check_all_modes(model, examples, stacked_loss_fn())
+
+
+class SharedLayer(nn.Module):
+    """One Linear called twice per forward (weight sharing, as in ALBERT): its per-example gradient is the sum
+    of both calls' contributions, and its norm needs the cross term between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(self.shared(torch.tanh(self.shared(x))))
+
+
+@pytest.mark.parametrize("input_shape", [(6,), (5, 6)], ids=["2d", "3d"])
+def test_module_called_twice(input_shape):
+    torch.manual_seed(3)
+    model = SharedLayer().double()
+    check_all_modes(model, list(torch.randn(5, *input_shape, dtype=torch.float64)), stacked_loss_fn())

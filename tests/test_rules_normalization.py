@@ -4,7 +4,10 @@ import pytest
 import torch
 from bruteforce import check_all_modes, stacked_loss_fn
 from torch import nn
+from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from privtune.rules import default_registry
 from privtune.rules.functional import functional_rule
@@ -53,9 +56,9 @@ def test_layer_norm(affine, normalized):
 
 @pytest.mark.parametrize(
     "make_norm",
-    [lambda: nn.RMSNorm(6, eps=1e-6), lambda: nn.RMSNorm(6), lambda: LlamaRMSNorm(6), lambda: HandRolledRMSNorm(6),
-     lambda: OnePlusWeightNorm(6)],
-    ids=["torch", "torch-default-eps", "llama", "hand-rolled", "one-plus-weight"],
+    [lambda: nn.RMSNorm(6, eps=1e-6), lambda: nn.RMSNorm(6), lambda: LlamaRMSNorm(6), lambda: Qwen2RMSNorm(6),
+     lambda: T5LayerNorm(6), lambda: HandRolledRMSNorm(6), lambda: OnePlusWeightNorm(6), lambda: GemmaRMSNorm(6)],
+    ids=["torch", "torch-default-eps", "llama", "qwen2", "t5", "hand-rolled", "one-plus-weight", "gemma"],
 )
 def test_rms_norms(make_norm):
     torch.manual_seed(1)
@@ -65,10 +68,19 @@ def test_rms_norms(make_norm):
     check_all_modes(_model(norm), list(torch.randn(5, 3, 6, dtype=torch.float64)), stacked_loss_fn())
 
 
+def test_torch_rms_norm_over_several_dims():
+    """``nn.RMSNorm((4, 6))`` has a 2-D weight: the per-example gradient keeps that shape."""
+    torch.manual_seed(3)
+    norm = nn.RMSNorm((4, 6))
+    with torch.no_grad():
+        norm.weight.add_(0.2 * torch.randn_like(norm.weight))
+    check_all_modes(_model(norm), list(torch.randn(5, 4, 6, dtype=torch.float64)), stacked_loss_fn())
+
+
 def test_rms_norm_structure_is_recognised_and_impostors_fall_back(monkeypatch):
     registry = default_registry()
-    assert registry.find(LlamaRMSNorm(4)) is rms_norm_rule
-    assert registry.find(HandRolledRMSNorm(4)) is rms_norm_rule
+    for norm in (LlamaRMSNorm(4), Qwen2RMSNorm(4), T5LayerNorm(4), HandRolledRMSNorm(4)):
+        assert registry.find(norm) is rms_norm_rule, type(norm).__name__
     calls = []
     import privtune.rules.normalization as normalization
 

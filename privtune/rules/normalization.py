@@ -59,7 +59,8 @@ def _tolerance(dtype: torch.dtype) -> float:
 
 
 def rms_norm_rule(call: ModuleCall) -> dict[str, PerExampleGrad]:
-    """``y = w * n(x)``: ``grad_w L_i = sum_t g_{i,t} * n(x_{i,t})``; verified, else ``torch.func``."""
+    """``y = w * n(x)``: ``grad_w L_i = sum_t g_{i,t} * n(x_{i,t})`` (``w`` of any shape: ``torch.nn.RMSNorm``
+    may normalise over several trailing dims); verified, else ``torch.func``."""
     module = call.module
     if not call.trainable("weight"):
         return {}
@@ -72,6 +73,7 @@ def rms_norm_rule(call: ModuleCall) -> dict[str, PerExampleGrad]:
         if is_scale is None:
             # A fixed non-constant probe (no draw from the global RNG, which would perturb training).
             probe = torch.linspace(0.5, 1.5, weight.numel(), dtype=weight.dtype, device=weight.device)
+            probe = probe.reshape(weight.shape)  # torch.nn.RMSNorm may normalise over several dims
             probed = torch.func.functional_call(module, {"weight": probe}, (x,))
             tol = _tolerance(normalised.dtype)
             is_scale = isinstance(normalised, Tensor) and torch.allclose(
@@ -80,4 +82,4 @@ def rms_norm_rule(call: ModuleCall) -> dict[str, PerExampleGrad]:
             call.memo[key] = is_scale
     if not is_scale:
         return functional_rule(call)
-    return {"weight": DenseGrad(_sum_to_param(call, call.grad_output * normalised, 1))}
+    return {"weight": DenseGrad(_sum_to_param(call, call.grad_output * normalised, weight.dim()))}
