@@ -11,11 +11,15 @@ Contract::
 
 How a micro-batch is processed (``clipped_sum="bookkeeping"``, the default; Bu et al. 2023):
 
-1. While the model runs forward, a hook on every module that owns trainable parameters records the call
-   (inputs and outputs; no copies: these tensors are alive for autograd anyway).
-2. ``backward`` asks autograd for the gradients of ``sum_i L_i`` with respect to the recorded *outputs*
-   only. Autograd then skips every weight gradient (those tensors are not requested): the ordinary
-   weight gradient is never computed, because the clipped sum replaces it.
+1. While the model runs forward, a hook on every module that owns trainable parameters records the call:
+   its inputs (no copies: autograd keeps them alive anyway) and the autograd *gradient edge* of each
+   output, not the output itself, so an output that autograd does not save (the logits once the loss has
+   copied them, a projection added to the residual stream) is freed as in a non-private step.
+2. ``backward`` asks autograd for the gradients of ``sum_i L_i`` with respect to those edges only.
+   Autograd then skips every weight gradient (those tensors are not requested): the ordinary weight
+   gradient is never computed, because the clipped sum replaces it. An output modified in place after
+   its module returned is no problem: its edge still receives the gradient of the value the module
+   produced.
 3. Each module's rule (``privtune.rules``) turns (inputs, output gradients) into per-example gradients in
    factored form; the engine takes their exact norms (ghost or materialised, per layer and per call,
    ``norm_method``), with cross terms where one parameter is used by several calls (tied weights).
@@ -38,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import weakref
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +50,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torch.utils._pytree import tree_flatten, tree_map
 
 from privtune.clipping import ClippingRule, clip_factors, validate
@@ -63,14 +69,31 @@ class StepRecorder(Protocol):
 
 
 @dataclass
+class _Output:
+    """One floating-point output of a recorded call, without a strong reference to its values."""
+
+    edge: GradientEdge | None  # None: the output does not require grad
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    value: weakref.ref[Tensor]  # alive only as long as autograd (or the model) keeps the tensor
+    version: int  # the tensor's version counter when the module returned
+    is_view: bool
+
+    @property
+    def key(self) -> tuple[int, int]:
+        assert self.edge is not None
+        return id(self.edge.node), self.edge.output_nr
+
+
+@dataclass
 class _Record:
     module: nn.Module
     name: str
     rule: Rule
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    outputs: list[Tensor]
-    versions: list[int]
+    outputs: list[_Output]
 
 
 def _split_rows(value: Any, batch: int) -> Any:
@@ -82,6 +105,12 @@ def _split_rows(value: Any, batch: int) -> Any:
 
 def _detach(value: Any) -> Any:
     return value.detach() if isinstance(value, Tensor) else value
+
+
+def _alive(out: _Output, split: Any) -> Tensor | None:
+    """The output's values (rows split per example) if the tensor still exists, else None."""
+    tensor = out.value()
+    return None if tensor is None else split(tensor.detach())
 
 
 class PrivacyEngine:
@@ -237,9 +266,16 @@ class PrivacyEngine:
             # Computed once for the whole batch (e.g. position embeddings of shape (1, T, d)): broadcast it
             # here so that autograd keeps one output gradient per example instead of their sum.
             output = replaced = output.expand(batch, *output.shape[1:])
-        outputs = [t for t in tree_flatten(output)[0] if isinstance(t, Tensor) and t.is_floating_point()]
-        if not any(t.requires_grad for t in outputs):
+        tensors = [t for t in tree_flatten(output)[0] if isinstance(t, Tensor) and t.is_floating_point()]
+        if not any(t.requires_grad for t in tensors):
             return replaced
+        outputs = [
+            _Output(
+                get_gradient_edge(t) if t.requires_grad else None, t.shape, t.dtype, t.device, weakref.ref(t),
+                t._version, t._is_view(),
+            )
+            for t in tensors
+        ]
         self._records.append(
             _Record(
                 module=module,
@@ -248,7 +284,6 @@ class PrivacyEngine:
                 args=tree_map(_detach, args),
                 kwargs=tree_map(_detach, kwargs),
                 outputs=outputs,
-                versions=[t._version for t in outputs],
             )
         )
         return replaced
@@ -286,16 +321,18 @@ class PrivacyEngine:
                 "a parameter was frozen after the engine was built; build a new engine after changing "
                 "requires_grad so that norms and noise cover exactly the trainable parameters"
             )
-        outputs: list[Tensor] = []
+        outputs = {out.key: out.edge for record in records for out in record.outputs if out.edge is not None}
         for record in records:
-            for tensor, version in zip(record.outputs, record.versions):
-                if tensor._version != version:
+            for out in record.outputs:
+                tensor = out.value()
+                if out.is_view and tensor is not None and tensor._version != out.version:
+                    # In place on a non-view output is fine (its edge still receives the gradient of the value
+                    # the module produced); on a view, autograd rebuilds the view's history and the edge is cut.
                     raise PrivacyError(
-                        f"the output of {record.name!r} was modified in place after the module returned, so its "
-                        "gradient cannot be captured; avoid in-place ops on module outputs"
+                        f"the output of {record.name!r} is a view and was modified in place after the module "
+                        "returned, which cuts it from the autograd graph, so its gradient cannot be captured. "
+                        "Use an out-of-place op on it (e.g. x = x + y instead of x += y)."
                     )
-                if tensor.requires_grad:
-                    outputs.append(tensor)
         if not outputs:
             raise PrivtuneError(
                 "no recorded module call led to these losses: run the model's forward pass (with the engine "
@@ -305,17 +342,17 @@ class PrivacyEngine:
         check = self._self_check_pending and (batch > 1 or not self._sums_checked)
         second = self.clipped_sum == "second_backward"
         flattened = {  # outputs whose rows are (example, position) pairs, not yet checked for this module
-            id(t): (record.name, t)
+            out.key: (record.name, out)
             for record in records
             if record.name not in self._checked_layouts
-            for t in record.outputs
-            if t.requires_grad and t.dim() > 0 and t.shape[0] != batch and t.shape[0] % batch == 0
+            for out in record.outputs
+            if out.edge is not None and len(out.shape) > 0 and out.shape[0] != batch and out.shape[0] % batch == 0
         }
         total = losses.sum()
         grads = torch.autograd.grad(
-            total, outputs, allow_unused=True, retain_graph=second or check or bool(flattened)
+            total, list(outputs.values()), allow_unused=True, retain_graph=second or check or bool(flattened)
         )
-        grad_of = {id(t): g for t, g in zip(outputs, grads)}
+        grad_of = dict(zip(outputs, grads))
         if flattened:
             self._verify_row_layout(losses, list(flattened.values()), grad_of)
         contributions = self._per_example_grads(records, grad_of, batch)
@@ -351,7 +388,7 @@ class PrivacyEngine:
         contributions: dict[int, list[PerExampleGrad]] = defaultdict(list)
         with self._paused():
             for record in records:
-                grad_outputs = [grad_of.get(id(t)) for t in record.outputs]
+                grad_outputs = [None if out.edge is None else grad_of.get(out.key) for out in record.outputs]
                 if all(g is None for g in grad_outputs):
                     continue  # this call did not influence the losses
                 for g in grad_outputs:
@@ -367,8 +404,11 @@ class PrivacyEngine:
                     name=record.name,
                     args=tree_map(split, record.args),
                     kwargs=tree_map(split, record.kwargs),
-                    outputs=[split(t.detach()) for t in record.outputs],
-                    grad_outputs=[None if g is None else split(g) for g in grad_outputs],
+                    outputs=[_alive(out, split) for out in record.outputs],
+                    grad_outputs=[
+                        split(torch.zeros(out.shape, dtype=out.dtype, device=out.device) if g is None else g)
+                        for out, g in zip(record.outputs, grad_outputs)
+                    ],
                     batch_size=batch,
                     memo=self._rule_memos.setdefault(id(record.module), {}),
                 )
@@ -377,7 +417,7 @@ class PrivacyEngine:
         return contributions
 
     def _verify_row_layout(
-        self, losses: Tensor, flattened: list[tuple[str, Tensor]], grad_of: dict[int, Tensor | None]
+        self, losses: Tensor, flattened: list[tuple[str, _Output]], grad_of: dict[tuple[int, int], Tensor | None]
     ) -> None:
         """Some models flatten (B, T, d) to (B*T, d) inside a block (OPT does). Rows are then attributed to
         examples batch-major (row r -> example r // T); this checks it, once per tensor layout, by weighting
@@ -385,17 +425,17 @@ class PrivacyEngine:
         """
         batch = losses.shape[0]
         weights = 1.0 + torch.arange(batch, dtype=losses.dtype, device=losses.device) / batch
-        tensors = [t for _, t in flattened]
-        weighted = torch.autograd.grad((losses * weights).sum(), tensors, allow_unused=True, retain_graph=True)
-        for (name, tensor), got in zip(flattened, weighted):
-            plain = grad_of.get(id(tensor))
+        edges = [out.edge for _, out in flattened]
+        weighted = torch.autograd.grad((losses * weights).sum(), edges, allow_unused=True, retain_graph=True)
+        for (name, out), got in zip(flattened, weighted):
+            plain = grad_of.get(out.key)
             if plain is None or got is None:
                 continue
             rows = plain.reshape(batch, -1)
             expected = rows * weights.unsqueeze(1)
             if not torch.allclose(got.reshape(batch, -1), expected, rtol=1e-4, atol=1e-6 * float(rows.abs().max())):
                 raise PrivacyError(
-                    f"the output of {name!r} has shape {tuple(tensor.shape)} for a batch of {batch} and its rows "
+                    f"the output of {name!r} has shape {tuple(out.shape)} for a batch of {batch} and its rows "
                     "are not grouped by example (batch-major), so its per-example gradients cannot be split. "
                     "Keep the batch dimension first in this module's inputs."
                 )

@@ -72,6 +72,11 @@ def apply_method(model: nn.Module, method: str, lora_rank: int = 8, lora_alpha: 
     return model
 
 
+def is_head_parameter(name: str) -> bool:
+    """Whether a parameter name belongs to a classification head (``classifier``/``score``, peft copies too)."""
+    return any(part in HEAD_NAMES for part in name.split("."))
+
+
 def count_trainable(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, tied parameters counted once."""
     params = list(model.parameters())

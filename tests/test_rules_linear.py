@@ -6,6 +6,9 @@ from bruteforce import check_all_modes, stacked_loss_fn
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from privtune import PrivacyEngine
+from privtune.errors import PrivacyError
+
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("input_shape", [(6,), (5, 6), (2, 3, 6)], ids=["2d", "3d", "4d"])
@@ -54,3 +57,38 @@ def test_module_called_twice(input_shape):
     torch.manual_seed(3)
     model = SharedLayer().double()
     check_all_modes(model, list(torch.randn(5, *input_shape, dtype=torch.float64)), stacked_loss_fn())
+
+
+class InPlaceAfterLinear(nn.Module):
+    """Outputs of hooked modules modified in place after they return (a residual ``+=``, ``relu_``, ``mul_``):
+    the gradient that reaches the module is that of the value it produced, which the engine must use."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Linear(6, 6)
+        self.second = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.first(x)
+        h += x
+        h.relu_()
+        out = self.second(h)
+        out.mul_(1.5)
+        return out
+
+
+def test_outputs_modified_in_place():
+    """2-D inputs: a Linear's output is a fresh tensor, and in-place ops after it are handled exactly."""
+    torch.manual_seed(4)
+    model = InPlaceAfterLinear().double()
+    check_all_modes(model, list(torch.randn(5, 6, dtype=torch.float64)), stacked_loss_fn())
+
+
+def test_view_output_modified_in_place_is_refused():
+    """3-D inputs: the output is a view, and an in-place op cuts it from the graph: a clear error, no update."""
+    torch.manual_seed(4)
+    model = InPlaceAfterLinear().double()
+    engine = PrivacyEngine(model, torch.optim.SGD(model.parameters(), lr=1.0), max_grad_norm=1.0,
+                           noise_multiplier=0.0, expected_batch_size=4)
+    with pytest.raises(PrivacyError, match="modified in place"):
+        engine.backward(model(torch.randn(4, 3, 6, dtype=torch.float64)).pow(2).sum((1, 2)))

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from privtune.errors import PrivacyError
@@ -27,8 +26,11 @@ class ModuleCall:
     name: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
-    outputs: list[Tensor]
-    grad_outputs: list[Tensor | None]
+    # The outputs' values where the tensor still exists, else None: the engine keeps no output alive (autograd
+    # frees those it does not need, e.g. logits once the loss has copied them). Rules should not need them.
+    outputs: list[Tensor | None]
+    # Gradient of the summed loss with respect to each output (zeros for an output the loss does not use).
+    grad_outputs: list[Tensor]
     batch_size: int
     extra: dict[str, Any] = field(default_factory=dict)
     # Facts a rule established about this module on an earlier call (e.g. "this RMSNorm is linear in its
@@ -46,10 +48,7 @@ class ModuleCall:
     @property
     def grad_output(self) -> Tensor:
         """Gradient of the summed loss with respect to the first output (the layer's ``g``)."""
-        grad = self.grad_outputs[0]
-        if grad is None:
-            return torch.zeros_like(self.outputs[0])
-        return grad
+        return self.grad_outputs[0]
 
     def batched(self, tensor: Tensor) -> Tensor:
         """``tensor`` with a leading batch dimension of B: a leading 1 (an input shared by the whole batch,

@@ -31,10 +31,7 @@ def functional_rule(call: ModuleCall) -> dict[str, PerExampleGrad]:
         for pos, value in enumerate(flat_inputs)
         if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch
     ]
-    grad_outputs = [
-        torch.zeros_like(out) if grad is None else grad
-        for out, grad in zip(call.outputs, call.grad_outputs)
-    ]
+    grad_outputs = call.grad_outputs
 
     def per_example(batched_values: list[Tensor], cotangents: list[Tensor]) -> dict[str, Tensor]:
         values = list(flat_inputs)

@@ -78,7 +78,7 @@ def rms_norm_rule(call: ModuleCall) -> dict[str, PerExampleGrad]:
             tol = _tolerance(normalised.dtype)
             is_scale = isinstance(normalised, Tensor) and torch.allclose(
                 probed, probe * normalised, rtol=tol, atol=tol
-            ) and torch.allclose(call.outputs[0], weight.detach() * normalised, rtol=tol, atol=tol)
+            ) and torch.allclose(module(x), weight.detach() * normalised, rtol=tol, atol=tol)
             call.memo[key] = is_scale
     if not is_scale:
         return functional_rule(call)
