@@ -62,6 +62,8 @@ class TrainConfig:
     clipping: str = "flat"
     accountant: str = "rdp"
     classifier_mode: str | None = None  # "head" | "infilling"; default: head for encoders, infilling for LMs
+    # How a new classification head starts: "auto" | "zero" | "prompt" | "random" (privtune.models.load_model).
+    head_init: str = "auto"
     train_limit: int | None = None
     eval_limit: int | None = None
     train_file: str | None = None
@@ -191,7 +193,8 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
 
     if isinstance(task, ClassificationTask):
         kind = "classification" if config.classifier_mode == "head" else "infilling"
-        model, tokenizer = load_model(config.model, kind, num_labels=task.num_labels, seed=config.seed)
+        model, tokenizer = load_model(config.model, kind, num_labels=task.num_labels, seed=config.seed,
+                                      head_init=config.head_init, label_prompts=task.label_prompts)
     else:
         model, tokenizer = load_model(config.model, "generation", seed=config.seed)
     model = apply_method(model, config.method, lora_rank=config.lora_rank)

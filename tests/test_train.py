@@ -180,7 +180,7 @@ def test_mean_pooling_head_for_sentence_encoders(tmp_path, tiny_bert_dir):
     shutil.copytree(tiny_bert_dir, path)
     (path / "1_Pooling").mkdir()
     (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    model, tokenizer = load_model(str(path), "classification", num_labels=2)
+    model, tokenizer = load_model(str(path), "classification", num_labels=2)  # no label prompts: a zero head
     assert float(model.classifier.weight.detach().abs().sum()) == 0.0
     model.eval()
     short = tokenizer(["a fine film"], return_tensors="pt")
@@ -191,3 +191,54 @@ def test_mean_pooling_head_for_sentence_encoders(tmp_path, tiny_bert_dir):
         alone = model(**short).logits[0]
         batched = model(**padded).logits[0]
     torch.testing.assert_close(alone, batched, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_sentence_encoder_dir(tmp_path_factory, tiny_bert_dir):
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny-st") / "model"
+    shutil.copytree(tiny_bert_dir, path)
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    return str(path)
+
+
+def test_prompt_head_is_the_zero_shot_classifier_of_the_label_prompts(tiny_sentence_encoder_dir):
+    """head_init="prompt": logit_k(x) = s d_k . (x - center), d_k = e_k - center, s = 1 / mean |d_k|^2, where e_k
+    is the pooled embedding of label k's prompt: each prompt is classified as its own label, one unit above
+    the mean logit, and a sentence's logits follow the formula."""
+    from privtune.models import load_model
+
+    prompts = ("It was terrible.", "It was fine.", "It was great.")
+    model, tokenizer = load_model(tiny_sentence_encoder_dir, "classification", num_labels=3, head_init="prompt",
+                                  label_prompts=prompts)
+    model.eval()
+    with torch.no_grad():
+        encoded = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        logits = model(**encoded).logits
+        pooled = model.bert(**encoded).pooler_output
+    assert logits.argmax(1).tolist() == [0, 1, 2]
+    torch.testing.assert_close((logits.diagonal() - logits.mean(1)).mean(), torch.tensor(1.0))
+    center = pooled.mean(0)
+    directions = pooled - center
+    expected = (pooled - center) @ directions.T / directions.pow(2).sum(1).mean()
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_head_init_auto_uses_the_tasks_label_prompts(tiny_sentence_encoder_dir, tiny_bert_dir):
+    from privtune.models import load_model
+    from privtune.tasks import get_task
+
+    sst2, qnli = get_task("sst2"), get_task("qnli")
+    assert sst2.label_prompts and qnli.label_prompts is None
+    prompted, _ = load_model(tiny_sentence_encoder_dir, "classification", num_labels=2,
+                             label_prompts=sst2.label_prompts)
+    assert float(prompted.classifier.weight.detach().abs().sum()) > 0
+    zero, _ = load_model(tiny_sentence_encoder_dir, "classification", num_labels=2, label_prompts=None)
+    assert float(zero.classifier.weight.detach().abs().sum()) == 0.0
+    with pytest.raises(PrivtuneError, match="label prompt"):
+        load_model(tiny_sentence_encoder_dir, "classification", num_labels=2, head_init="prompt")
+    with pytest.raises(PrivtuneError, match="2 label prompts for a head with 3 labels"):
+        load_model(tiny_sentence_encoder_dir, "classification", num_labels=3, head_init="prompt",
+                   label_prompts=sst2.label_prompts)

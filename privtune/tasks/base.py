@@ -189,6 +189,10 @@ class ClassificationTask(Task):
     kind: ClassVar[TaskKind] = "classification"
     label_names: ClassVar[tuple[str, ...]]
     label_words: ClassVar[tuple[str, ...]]
+    # One sentence per label that a sentence encoder can embed ("It was great."): the head of an encoder
+    # classifier may start as the zero-shot classifier these define (privtune.models.init_head_from_prompts).
+    # None: the task has no such description (a sentence-pair task), and the head starts at zero.
+    label_prompts: ClassVar[tuple[str, ...] | None] = None
 
     @property
     def num_labels(self) -> int:

@@ -96,6 +96,7 @@ class SST2Task(_GlueTask):
     columns: ClassVar[Columns] = {"sentence": ("sentence", "text_a", "text"), "label": ("label",)}
     label_names: ClassVar[tuple[str, ...]] = ("negative", "positive")
     label_words: ClassVar[tuple[str, ...]] = (" terrible", " great")
+    label_prompts: ClassVar[tuple[str, ...] | None] = ("It was terrible.", "It was great.")
     description: ClassVar[str] = "GLUE SST-2: sentence sentiment, 2 classes (accuracy)"
 
     def _make(self, texts: dict[str, str], label: int) -> ClassificationExample:
