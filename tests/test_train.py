@@ -205,9 +205,9 @@ def tiny_sentence_encoder_dir(tmp_path_factory, tiny_bert_dir):
 
 
 def test_prompt_head_is_the_zero_shot_classifier_of_the_label_prompts(tiny_sentence_encoder_dir):
-    """head_init="prompt": logit_k(x) = s d_k . (x - center), d_k = e_k - center, s = 1 / mean |d_k|^2, where e_k
-    is the pooled embedding of label k's prompt: each prompt is classified as its own label, one unit above
-    the mean logit, and a sentence's logits follow the formula."""
+    """head_init="prompt": logit_k(x) = s d_k . x, d_k = u_k - mean_j u_j, u_k = e_k / |e_k|, s = 1 / mean_k d_k . e_k,
+    where e_k is the pooled embedding of label k's prompt: each prompt is classified as its own label, one unit
+    above the mean logit, and any sentence's arg-max is that of the cosine similarity to the prompts."""
     from privtune.models import load_model
 
     prompts = ("It was terrible.", "It was fine.", "It was great.")
@@ -220,10 +220,15 @@ def test_prompt_head_is_the_zero_shot_classifier_of_the_label_prompts(tiny_sente
         pooled = model.bert(**encoded).pooler_output
     assert logits.argmax(1).tolist() == [0, 1, 2]
     torch.testing.assert_close((logits.diagonal() - logits.mean(1)).mean(), torch.tensor(1.0))
-    center = pooled.mean(0)
-    directions = pooled - center
-    expected = (pooled - center) @ directions.T / directions.pow(2).sum(1).mean()
+    units = torch.nn.functional.normalize(pooled, dim=1)
+    directions = units - units.mean(0)
+    expected = pooled @ directions.T / (directions * pooled).sum(1).mean()
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        other = tokenizer(["a fine film", "what a waste of time"], padding=True, return_tensors="pt")
+        sentences = model.bert(**other).pooler_output
+        torch.testing.assert_close(model(**other).logits.argmax(1),
+                                   (torch.nn.functional.normalize(sentences, dim=1) @ units.T).argmax(1))
 
 
 def test_head_init_auto_uses_the_tasks_label_prompts(tiny_sentence_encoder_dir, tiny_bert_dir):
