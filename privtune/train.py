@@ -128,9 +128,9 @@ def recipe_defaults(config: TrainConfig, model_is_encoder: bool) -> TrainConfig:
         resolved.classifier_mode = "head" if model_is_encoder else "infilling"
     if resolved.head_learning_rate is None and resolved.classifier_mode == "head" and not generation:
         # The head starts at zero and must travel far; the pretrained body must not. One rate for both either
-        # under-trains the head (DP-Adam at 5e-3: 70.8% on SST-2 at epsilon 3) or lets the noise wreck the
-        # body (5e-4 full: 53%). A linear probe on MiniLM's frozen features trained with DP-Adam at 2e-2..5e-2
-        # reaches 78-80% at epsilon 3 in 1-3 epochs, as non-private (benchmarks/utility.py, README: Results).
+        # under-trains the head (DP-Adam at 5e-3: LoRA 70.8% on SST-2 at epsilon 3) or lets the noise wreck
+        # the body (5e-4 full: 53.1%). With the head at 3e-2: LoRA 79.2%, full (body 5e-5) 65.3%
+        # (benchmarks/utility.py, 8,000 sentences, 1 epoch; README: Results).
         resolved.head_learning_rate = 1e-2 if config.non_private else 3e-2
     return resolved
 

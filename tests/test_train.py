@@ -231,17 +231,19 @@ def test_prompt_head_is_the_zero_shot_classifier_of_the_label_prompts(tiny_sente
                                    (torch.nn.functional.normalize(sentences, dim=1) @ units.T).argmax(1))
 
 
-def test_head_init_auto_uses_the_tasks_label_prompts(tiny_sentence_encoder_dir, tiny_bert_dir):
+def test_head_init_choices(tiny_sentence_encoder_dir, tiny_bert_dir):
     from privtune.models import load_model
     from privtune.tasks import get_task
 
     sst2, qnli = get_task("sst2"), get_task("qnli")
     assert sst2.label_prompts and qnli.label_prompts is None
-    prompted, _ = load_model(tiny_sentence_encoder_dir, "classification", num_labels=2,
+    prompted, _ = load_model(tiny_sentence_encoder_dir, "classification", num_labels=2, head_init="prompt",
                              label_prompts=sst2.label_prompts)
     assert float(prompted.classifier.weight.detach().abs().sum()) > 0
-    zero, _ = load_model(tiny_sentence_encoder_dir, "classification", num_labels=2, label_prompts=None)
-    assert float(zero.classifier.weight.detach().abs().sum()) == 0.0
+    auto, _ = load_model(tiny_sentence_encoder_dir, "classification", num_labels=2, label_prompts=sst2.label_prompts)
+    assert float(auto.classifier.weight.detach().abs().sum()) == 0.0  # auto: zero with mean pooling
+    random_head, _ = load_model(tiny_bert_dir, "classification", num_labels=2)  # [CLS] pooler: random head
+    assert float(random_head.classifier.weight.detach().abs().sum()) > 0
     with pytest.raises(PrivtuneError, match="label prompt"):
         load_model(tiny_sentence_encoder_dir, "classification", num_labels=2, head_init="prompt")
     with pytest.raises(PrivtuneError, match="2 label prompts for a head with 3 labels"):

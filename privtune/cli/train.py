@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="learning rate of a new classification head (default 3e-2 private, 1e-2 not)")
     train.add_argument("--head-init", choices=("auto", "zero", "prompt", "random"), default="auto",
                        help="how a new classification head starts: zero, the zero-shot classifier of the task's "
-                            "label prompts (e.g. 'It was great.'), or random; auto: prompt where the task has "
-                            "label prompts and the encoder mean-pools, else zero")
+                            "label prompts (e.g. 'It was great.'), or random; auto: zero where the encoder "
+                            "mean-pools, else random")
     train.add_argument("--warmup-steps", type=int)
     train.add_argument("--max-grad-norm", type=float, help="clipping threshold C")
     train.add_argument("--clipping", choices=("flat", "per_layer", "automatic"), default="flat")
