@@ -15,8 +15,10 @@ later changes to the library's defaults do not change these runs):
   (``--train-limit 8000``, ``SST2_TRAIN``); evaluation: accuracy on the full dev set (872 sentences).
   1 epoch, logical batch 256 (Poisson sampling, q = 256/8000, 32 steps), max length 64, micro-batch 32,
   DP-Adam (AdamW, weight decay 0), flat clipping, noise calibrated with RDP, delta = 1/(2N) = 6.25e-5.
-  Learning rate, clipping norm C and warm-up per cell in ``SST2_GRID``: full 5e-4 (private) / 1e-4
-  (non-private); LoRA (rank 8, alpha 16, query/value) 5e-3 / 1e-3; C = 0.1; no warm-up.
+  Learning rate, clipping norm C, warm-up, head initialisation and head learning rate per cell in
+  ``SST2_GRID``: full 5e-5 (private) / 1e-4 (non-private); LoRA (rank 8, alpha 16, query/value) 5e-3 / 1e-3;
+  C = 0.1; no warm-up; the zero head at 3e-2 (private) / 1e-2 (non-private), and two cells with the head
+  started as the zero-shot classifier of the label prompts (``--head-init prompt``) at 1e-2.
 * **E2E with SmolLM2-135M** (``smollm2-135m``, 134.5M parameters, fp32). Training data: the first 512 rows of
   the E2E training set (``E2E_TRAIN``); evaluation: BLEU and ROUGE-L against all references of the first 50
   meaning representations of the test set (``E2E_EVAL``; greedy decoding, ``--num-beams 1``,
