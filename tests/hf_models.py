@@ -93,6 +93,45 @@ def examples(lengths: Sequence[int], num_labels: int = 2, low: int = 2, seed: in
     return out
 
 
+def _decoder_config(**overrides):
+    base = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB,
+                max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    base.update(overrides)
+    return base
+
+
+# More architectures, beyond those the engine issue names: the engine must be right for the general case.
+# name -> (model factory, loss function, number of labels)
+MORE_MODELS = {
+    "qwen2": (lambda: _finish(tf.Qwen2ForCausalLM(tf.Qwen2Config(**_decoder_config(num_key_value_heads=2)))),
+              lm_loss_fn(0), 2),
+    "mistral": (lambda: _finish(tf.MistralForCausalLM(tf.MistralConfig(**_decoder_config(num_key_value_heads=2)))),
+                lm_loss_fn(0), 2),
+    "gemma": (lambda: _finish(tf.GemmaForCausalLM(tf.GemmaConfig(**_decoder_config(num_key_value_heads=2,
+                                                                                    head_dim=4)))),
+              lm_loss_fn(0), 2),
+    "phi": (lambda: _finish(tf.PhiForCausalLM(tf.PhiConfig(**_decoder_config(resid_pdrop=0.0, embd_pdrop=0.0,
+                                                                             attention_dropout=0.0)))),
+            lm_loss_fn(0), 2),
+    "gpt-neox": (lambda: _finish(tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**_decoder_config(hidden_dropout=0.0,
+                                                                                          attention_dropout=0.0)))),
+                 lm_loss_fn(0), 2),
+    "bloom": (lambda: _finish(tf.BloomForCausalLM(tf.BloomConfig(hidden_size=16, n_layer=2, n_head=4, vocab_size=VOCAB,
+                                                                 hidden_dropout=0.0, attention_dropout=0.0,
+                                                                 bos_token_id=0, eos_token_id=0, pad_token_id=0))),
+              lm_loss_fn(0), 2),
+    "gpt-bigcode": (lambda: _finish(tf.GPTBigCodeForCausalLM(tf.GPTBigCodeConfig(
+        n_embd=16, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=32, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, bos_token_id=0, eos_token_id=0))), lm_loss_fn(0), 2),
+    "distilbert-classifier": (lambda: _finish(tf.DistilBertForSequenceClassification(tf.DistilBertConfig(
+        dim=16, hidden_dim=24, n_layers=2, n_heads=2, vocab_size=VOCAB, max_position_embeddings=32, dropout=0.0,
+        attention_dropout=0.0, seq_classif_dropout=0.0, num_labels=2, pad_token_id=0))), classifier_loss_fn(0), 2),
+    "electra-classifier": (lambda: _finish(tf.ElectraForSequenceClassification(tf.ElectraConfig(
+        embedding_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+        vocab_size=VOCAB, max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        num_labels=2, pad_token_id=0))), classifier_loss_fn(0), 2),
+}
+
 # name -> (model factory, loss function, number of labels)
 MODELS = {
     "gpt2-tied": (gpt2, lm_loss_fn(0), 2),

@@ -5,7 +5,7 @@ lengths, tied and untied embeddings, and a frozen subset of parameters."""
 import pytest
 import torch
 from bruteforce import ENGINE_MODES, check_all_modes
-from hf_models import MODELS, examples
+from hf_models import MODELS, MORE_MODELS, examples
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -15,6 +15,18 @@ def test_model_all_modes(name):
     model = factory()
     data = examples([5, 9, 3, 7, 6, 4], num_labels=num_labels)
     check_all_modes(model, data, loss_fn, splits=(1, 4))
+
+
+@pytest.mark.parametrize("name", list(MORE_MODELS))
+def test_more_architectures(name):
+    """Qwen2, Mistral, Gemma, Phi, GPT-NeoX, BLOOM, GPT-BigCode (multi-query attention), DistilBERT, ELECTRA
+    (an embedding projection): the default mode and ghost clipping's second backward, uneven micro-batches."""
+    torch.manual_seed(0)
+    factory, loss_fn, num_labels = MORE_MODELS[name]
+    data = examples([5, 9, 3, 7], num_labels=num_labels)
+    modes = [m for m in ENGINE_MODES if m in (("flat", "auto", "bookkeeping"), ("flat", "ghost", "second_backward"))]
+    assert len(modes) == 2
+    check_all_modes(factory(), data, loss_fn, splits=(1, 3), modes=modes)
 
 
 def test_tied_weights_are_really_tied_in_these_configs():
