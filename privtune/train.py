@@ -126,6 +126,12 @@ def recipe_defaults(config: TrainConfig, model_is_encoder: bool) -> TrainConfig:
     if resolved.classifier_mode is None:
         # Encoders: a head on the checkpoint's sentence embedding; causal LMs: label words from their LM head.
         resolved.classifier_mode = "head" if model_is_encoder else "infilling"
+    if (config.learning_rate is None and not config.non_private and not few_coordinates and not generation
+            and resolved.classifier_mode == "head"):
+        # The head has its own rate (below), so the pretrained body only needs nudging: 5e-5. Measured on
+        # MiniLM/SST-2 at epsilon 3 (head 3e-2): body 5e-5 65.3%, 2e-5 61.6%, 1e-5 67.9% - within one run's
+        # noise of each other, and all far better than 5e-4 with one rate for head and body (53.1%).
+        resolved.learning_rate = 5e-5
     if resolved.head_learning_rate is None and resolved.classifier_mode == "head" and not generation:
         # The head starts at zero and must travel far; the pretrained body must not. One rate for both either
         # under-trains the head (DP-Adam at 5e-3: LoRA 70.8% on SST-2 at epsilon 3) or lets the noise wreck

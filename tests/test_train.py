@@ -249,3 +249,19 @@ def test_head_init_choices(tiny_sentence_encoder_dir, tiny_bert_dir):
     with pytest.raises(PrivtuneError, match="2 label prompts for a head with 3 labels"):
         load_model(tiny_sentence_encoder_dir, "classification", num_labels=3, head_init="prompt",
                    label_prompts=sst2.label_prompts)
+
+
+def test_recipe_defaults_give_a_classification_head_its_own_rate():
+    from privtune.train import recipe_defaults
+
+    full = recipe_defaults(TrainConfig(task="sst2", method="full"), model_is_encoder=True)
+    assert (full.learning_rate, full.head_learning_rate, full.classifier_mode) == (5e-5, 3e-2, "head")
+    lora = recipe_defaults(TrainConfig(task="sst2", method="lora"), model_is_encoder=True)
+    assert (lora.learning_rate, lora.head_learning_rate) == (5e-3, 3e-2)
+    plain = recipe_defaults(TrainConfig(task="sst2", method="full", non_private=True), model_is_encoder=True)
+    assert (plain.learning_rate, plain.head_learning_rate) == (1e-4, 1e-2)
+    given = recipe_defaults(TrainConfig(task="sst2", method="full", learning_rate=2e-4), model_is_encoder=True)
+    assert given.learning_rate == 2e-4
+    infilling = recipe_defaults(TrainConfig(task="sst2", method="full"), model_is_encoder=False)
+    assert infilling.classifier_mode == "infilling" and infilling.head_learning_rate is None
+    assert infilling.learning_rate == 5e-4
