@@ -107,6 +107,13 @@ def _detach(value: Any) -> Any:
     return value.detach() if isinstance(value, Tensor) else value
 
 
+def _example_weights(losses: Tensor) -> Tensor:
+    """A distinct weight per example, ``w_i = 1 + i/B``, for the checks that an attribution to examples is right:
+    a gradient split correctly per example scales with its own example's ``w_i``, a wrong split does not."""
+    batch = losses.shape[0]
+    return 1.0 + torch.arange(batch, dtype=losses.dtype, device=losses.device) / batch
+
+
 def _alive(out: _Output, split: Any) -> Tensor | None:
     """The output's values (rows split per example) if the tensor still exists, else None."""
     tensor = out.value()
@@ -321,9 +328,11 @@ class PrivacyEngine:
                 "a parameter was frozen after the engine was built; build a new engine after changing "
                 "requires_grad so that norms and noise cover exactly the trainable parameters"
             )
-        outputs = {out.key: out.edge for record in records for out in record.outputs if out.edge is not None}
+        outputs: dict[tuple[int, int], GradientEdge] = {}
         for record in records:
             for out in record.outputs:
+                if out.edge is not None:
+                    outputs[out.key] = out.edge
                 tensor = out.value()
                 if out.is_view and tensor is not None and tensor._version != out.version:
                     # In place on a non-view output is fine (its edge still receives the gradient of the value
@@ -424,7 +433,7 @@ class PrivacyEngine:
         each example's loss with a distinct factor w_i: every row's gradient must scale by its example's w_i.
         """
         batch = losses.shape[0]
-        weights = 1.0 + torch.arange(batch, dtype=losses.dtype, device=losses.device) / batch
+        weights = _example_weights(losses)
         edges = [out.edge for _, out in flattened]
         weighted = torch.autograd.grad((losses * weights).sum(), edges, allow_unused=True, retain_graph=True)
         for (name, out), got in zip(flattened, weighted):
@@ -450,8 +459,7 @@ class PrivacyEngine:
         hook sees it); distinct weights also catch a wrong split between examples: a model that mixes
         examples within the batch (batch statistics, a batch dimension that is not first), which would
         otherwise make one example's "gradient" depend on the others and void the clipping bound."""
-        batch = losses.shape[0]
-        weights = 1.0 + torch.arange(batch, dtype=losses.dtype, device=losses.device) / batch
+        weights = _example_weights(losses)
         reference = torch.autograd.grad(
             (losses * weights).sum(), self._params, allow_unused=True, retain_graph=retain_graph
         )
