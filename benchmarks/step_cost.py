@@ -425,6 +425,11 @@ def _instrument_privtune(clock: RangeClock) -> None:
     import privtune.engine as engine_module
     from privtune.grads import DenseGrad, OuterGrad
 
+    try:
+        from privtune.noise import GaussianNoise
+    except ImportError:  # an engine version from before the noise sampler
+        GaussianNoise = None
+
     def wrap(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -443,6 +448,7 @@ def _instrument_privtune(clock: RangeClock) -> None:
         (engine_module, "clip_factors", "privtune::clip_factors"),
         (engine_module, "gaussian_like", "privtune::noise"),
         (engine_module, "gaussian_", "privtune::noise"),
+        (GaussianNoise, "fill_", "privtune::noise"),
         (OuterGrad, "clipped_sum", "privtune::clipped_sum"),
         (DenseGrad, "clipped_sum", "privtune::clipped_sum"),
         (OuterGrad, "add_clipped_sum_", "privtune::clipped_sum"),
@@ -452,7 +458,7 @@ def _instrument_privtune(clock: RangeClock) -> None:
         (next(c for c in torch.optim.AdamW.__mro__ if "step" in vars(c)), "step", "optimizer::step"),
     )
     for owner, attribute, label in targets:
-        if attribute in vars(owner):  # defined there, not inherited (a wrapped base method would count twice)
+        if owner is not None and attribute in vars(owner):  # defined there, not inherited (a wrapped base method would count twice)
             setattr(owner, attribute, wrap(getattr(owner, attribute), label))
 
 

@@ -56,7 +56,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from privtune.clipping import ClippingRule, clip_factors, validate
 from privtune.errors import PrivacyError, PrivtuneError
 from privtune.grads import NORM_METHODS, GramCache, NormMethod, PerExampleGrad, total_sq_norms
-from privtune.noise import gaussian_
+from privtune.noise import GaussianNoise
 from privtune.rules import EXAMPLE_MIXING_TYPES, ModuleCall, Rule, RuleRegistry, default_registry
 
 ClippedSum = Literal["bookkeeping", "second_backward"]
@@ -189,6 +189,7 @@ class PrivacyEngine:
         self.clipped_sum = clipped_sum
         self.gamma = gamma
         self.generator = generator
+        self._noise = GaussianNoise(generator)
         self.ledger = ledger
         self.sample_rate = sample_rate
         self.steps_taken = 0
@@ -500,7 +501,7 @@ class PrivacyEngine:
         if accumulator is None:
             param = self._params[k]
             accumulator = torch.empty_like(param, memory_format=torch.contiguous_format)
-            self._accumulated[k] = gaussian_(accumulator, self.noise_std, self.generator)
+            self._accumulated[k] = self._noise.fill_(accumulator, self.noise_std)
         return accumulator
 
     # ------------------------------------------------------------------- step
@@ -537,6 +538,7 @@ class PrivacyEngine:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._noise.close()
         self.clear()
 
     def __enter__(self) -> PrivacyEngine:
