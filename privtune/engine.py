@@ -188,7 +188,6 @@ class PrivacyEngine:
         self.norm_method = norm_method
         self.clipped_sum = clipped_sum
         self.gamma = gamma
-        self.generator = generator
         self._noise = GaussianNoise(generator)
         self.ledger = ledger
         self.sample_rate = sample_rate
@@ -505,6 +504,12 @@ class PrivacyEngine:
         return accumulator
 
     # ------------------------------------------------------------------- step
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The noise's RNG (its state is saved in checkpoints); owned by the noise sampler, so the two cannot
+        disagree."""
+        return self._noise.generator
+
     @property
     def noise_std(self) -> float:
         """Standard deviation of the noise on the *sum* of clipped gradients: ``sigma * C``."""
