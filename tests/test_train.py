@@ -114,6 +114,28 @@ def test_resume_refuses_a_changed_configuration(tmp_path, tiny_bert_dir, monkeyp
         train(dataclasses.replace(config, checkpoint_every=1, epsilon=3.0), progress=False, log=lambda _: None)
 
 
+def test_steps_instead_of_epochs(tmp_path, tiny_bert_dir):
+    """--steps T: T noisy steps, each Poisson-sampled from the whole set at q = B/N; noise calibrated for T."""
+    summary = train(_config(tmp_path, tiny_bert_dir, epochs=None, steps=3, eval_before=False), progress=False,
+                    log=lambda _: None)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert summary["steps"] == plan["steps"] == 3 and plan["sample_rate"] == 16 / 64 and plan["epochs"] is None
+    privacy = json.loads((tmp_path / "run" / "privacy.json").read_text())
+    assert privacy["spent"]["steps"] == 3 and privacy["spent"]["epsilon"]["rdp"] <= 8.0 + 1e-6
+    summary = train(_config(tmp_path, tiny_bert_dir, epochs=None, steps=2, non_private=True, epsilon=None,
+                            eval_before=False, output_dir=str(tmp_path / "np")), progress=False, log=lambda _: None)
+    assert summary["steps"] == 2
+    with pytest.raises(AccountingError, match="exactly one of epochs or steps"):
+        train(_config(tmp_path, tiny_bert_dir, steps=2, output_dir=str(tmp_path / "both")), progress=False,
+              log=lambda _: None)
+
+
+def test_cli_refuses_epochs_with_steps(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--task", "sst2", "--model", "minilm-l6", "--epsilon", "3", "--epochs", "1", "--steps", "5"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("task", ["e2e", "dialog"])
 def test_generation_tasks(tmp_path, tiny_llama_dir, task):
     summary = train(_config(tmp_path, tiny_llama_dir, task=task, eval_limit=3, max_new_tokens=4, max_length=96),

@@ -31,7 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     privacy.add_argument("--non-private", action="store_true", help="train without privacy (a baseline)")
     train.add_argument("--delta", type=float, help="target delta (default 1/(2N))")
     train.add_argument("--method", choices=METHODS, default="full")
-    train.add_argument("--epochs", type=float)
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, help="passes over the training set (default: the recipe's)")
+    length.add_argument("--steps", type=int,
+                        help="noisy steps instead of epochs, each sampling from the whole training set at rate "
+                             "q = B/N: for a large data set and a compute budget of steps x batch examples")
     train.add_argument("--batch-size", type=int, help="logical (expected) batch size")
     train.add_argument("--micro-batch-size", type=int)
     train.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float)
