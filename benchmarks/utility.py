@@ -103,6 +103,7 @@ class Run:
     head_lr: float | None = None  # --head-lr (classification heads); None: not passed
     extra: list[str] = field(default_factory=list)
     steps: int | None = None  # --steps instead of --epochs: each step samples from the whole training set
+    wide_eval: bool = False  # E2E: also `privtune evaluate` on every third test MR (E2E_WIDE_EVAL_NAME)
 
     @property
     def head_init(self) -> str:
@@ -184,6 +185,14 @@ def search_runs(quick: bool) -> list[Run]:
         runs.append(Run(f"search-sst2-lora-{_privacy_label(eps)}-n{n_more}-b{b_more}", "sst2", "minilm-l6", "lora",
                         eps, n_more, n_eval, 1.0, b_more, lr, 0.1, 0, phase="search", eval_before=False,
                         head_lr=head_lr, extra=["--head-init", "zero"]))
+    # E2E over the whole training set (the grid's E2E_FULLSET protocol): the learning rate of the non-private
+    # reference, so that the private runs are compared with a tuned baseline, not a convenient one.
+    n_e2e, b_e2e, steps_e2e = (64, 16, 2) if quick else (None, E2E_FULLSET_BATCH, E2E_FULLSET_STEPS)
+    for eps, lr in ((None, 3e-2), (None, 3e-3)):
+        runs.append(Run(f"search-e2e-smollm2-lora-{_privacy_label(eps)}-all-b{b_e2e}-s{steps_e2e}-lr{_lr(lr)}", "e2e",
+                        "smollm2-135m", "lora", eps, n_e2e, 4 if quick else E2E_EVAL, 1.0, b_e2e, lr, 0.1, 0,
+                        phase="search", eval_before=False, steps=steps_e2e, wide_eval=not quick,
+                        extra=["--num-beams", "1", "--max-new-tokens", str(8 if quick else E2E_NEW_TOKENS)]))
     return runs
 
 
@@ -235,6 +244,10 @@ E2E_FULLSET_GRID: dict[tuple[str, float | None], tuple[float, float, int]] = {  
     ("lora", 8.0): (1e-2, 0.1, 0),
 }
 E2E_FULLSET_STEPS, E2E_FULLSET_BATCH = 8, 256
+# The first 50 test MRs all describe one restaurant (the test set is sorted by name), and BLEU on 50 short
+# texts moves by several points between runs of equal quality; runs marked wide_eval are also evaluated, after
+# training, on every third test MR (210 of 630, all their references) with `privtune evaluate`.
+E2E_WIDE_EVAL_NAME, E2E_WIDE_EVAL_EVERY = "test-every3", 3
 
 
 def grid_runs(quick: bool) -> list[Run]:
@@ -262,21 +275,68 @@ def grid_runs(quick: bool) -> list[Run]:
         tokens = 8 if quick else E2E_NEW_TOKENS
         runs.append(Run(f"e2e-smollm2-{method}-{_privacy_label(eps)}-all-b{b}-s{steps}-lr{_lr(lr)}", "e2e",
                         "smollm2-135m", method, eps, n, n_eval, 1.0, b, lr, c, warmup, eval_before=eps is None,
-                        extra=["--num-beams", "1", "--max-new-tokens", str(tokens)], steps=steps))
+                        extra=["--num-beams", "1", "--max-new-tokens", str(tokens)], steps=steps,
+                        wide_eval=not quick))
     return runs
 
 
 # ---- running ------------------------------------------------------------------------------------------------
 
+def e2e_wide_eval_file(runs_dir: Path) -> Path:
+    """Every ``E2E_WIDE_EVAL_EVERY``-th meaning representation of the shipped E2E test set, with all its
+    references, as a CSV in the task's format (written once, next to the run folders)."""
+    import csv
+    import io
+    import lzma
+
+    path = runs_dir.parent / f"e2e-{E2E_WIDE_EVAL_NAME}.csv"
+    if path.exists():
+        return path
+    text = lzma.decompress((ROOT / "privtune" / "data" / "e2e" / "testset_w_refs.csv.xz").read_bytes()).decode()
+    grouped: dict[str, list[str]] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        grouped.setdefault(row["mr"], []).append(row["ref"])
+    kept = list(grouped.items())[::E2E_WIDE_EVAL_EVERY]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["mr", "ref"])
+    writer.writerows((mr, ref) for mr, refs in kept for ref in refs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(buffer.getvalue())
+    tmp.replace(path)
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # see THREADS
+        env.setdefault(name, str(THREADS))
+    return env
+
+
+def wide_eval_one(run: Run, runs_dir: Path) -> bool:
+    """``privtune evaluate`` a finished E2E run on the wide test subset (skipped when already done)."""
+    out = runs_dir / run.name
+    if not run.wide_eval or (out / "evaluations" / f"{E2E_WIDE_EVAL_NAME}.json").exists():
+        return True
+    argv = [sys.executable, "-m", "privtune", "evaluate", str(out), "--eval-file", str(e2e_wide_eval_file(runs_dir)),
+            "--name", E2E_WIDE_EVAL_NAME, "--quiet"]
+    print(f"[eval] {run.name}: {' '.join(argv[3:])}", flush=True)
+    with open(runs_dir / f"{run.name}.{E2E_WIDE_EVAL_NAME}.log", "w") as log:
+        proc = subprocess.run(argv, env=_env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        print(f"[FAIL] {run.name} evaluation: exit {proc.returncode}", flush=True)
+    return proc.returncode == 0
+
+
 def run_one(run: Run, runs_dir: Path) -> bool:
     out = runs_dir / run.name
     if (out / "metrics.json").exists():
         print(f"[skip] {run.name}: finished already", flush=True)
-        return True
+        return wide_eval_one(run, runs_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # see THREADS
-        env.setdefault(name, str(THREADS))
+    env = _env()
     print(f"[run ] {run.name}: {' '.join(run.argv(out)[3:])}", flush=True)
     started = time.perf_counter()
     with open(runs_dir / f"{run.name}.log", "w") as log:
@@ -287,7 +347,7 @@ def run_one(run: Run, runs_dir: Path) -> bool:
         return False
     (out / "wall.json").write_text(json.dumps({"wall_seconds": wall}) + "\n")
     print(f"[done] {run.name}: {wall:.0f} s", flush=True)
-    return True
+    return wide_eval_one(run, runs_dir)
 
 
 # ---- gathering and rendering --------------------------------------------------------------------------------
@@ -338,6 +398,8 @@ def gather(runs: list[Run], runs_dir: Path, previous: dict[str, dict[str, Any]] 
         config = json.loads((out / "config.json").read_text())
         wall = json.loads((out / "wall.json").read_text())["wall_seconds"] if (out / "wall.json").exists() else None
         spent = (privacy.get("spent") or {}).get("epsilon") or {}
+        wide_path = out / "evaluations" / f"{E2E_WIDE_EVAL_NAME}.json"
+        wide = json.loads(wide_path.read_text()) if run.wide_eval and wide_path.exists() else None
         rows.append({
             "name": run.name, "phase": run.phase, "task": run.task, "model": run.model, "method": run.method,
             "head_init": run.head_init, "target_epsilon": run.epsilon, "missing": False,
@@ -345,6 +407,7 @@ def gather(runs: list[Run], runs_dir: Path, previous: dict[str, dict[str, Any]] 
             "delta": privacy.get("delta"), "noise_multiplier": privacy.get("noise_multiplier"),
             "sigma_eff": privacy.get("sigma_eff"), "sample_rate": privacy.get("sample_rate"),
             "after": metrics["after"], "before": metrics.get("before"),
+            "wide": None if wide is None else {"metrics": wide["metrics"], "eval_examples": wide["eval_examples"]},
             "train_examples": metrics["train_examples"], "eval_examples": metrics["eval_examples"],
             "steps": metrics["steps"], "trainable_parameters": metrics["trainable_parameters"],
             # --steps runs have no epochs: record the fraction of the set their examples amount to.
@@ -427,7 +490,18 @@ def _metric_cell(row: dict[str, Any]) -> str:
     after = row["after"]
     if row["task"] == "sst2":
         return f"acc {after['accuracy']:.1f}%"
-    return f"BLEU {after['bleu']:.1f}, ROUGE-L {after['rouge_l']:.1f}, ppl {after['perplexity']:.2f}"
+    cell = f"BLEU {after['bleu']:.1f}, ROUGE-L {after['rouge_l']:.1f}, ppl {after['perplexity']:.2f}"
+    wide = row.get("wide")
+    if wide:
+        m = wide["metrics"]
+        cell += (f"; on {wide['eval_examples']} MRs: **BLEU {m['bleu']:.1f}**, ROUGE-L {m['rouge_l']:.1f}, "
+                 f"ppl {m['perplexity']:.2f}")
+    return cell
+
+
+def _score(row: dict[str, Any], metric: str) -> float:
+    """The run's score on the widest evaluation it has (E2E: the wide test subset when evaluated on it)."""
+    return (row.get("wide") or {"metrics": row["after"]})["metrics"][metric]
 
 
 def _table(rows: list[dict[str, Any]], search: bool = False) -> str:
@@ -478,13 +552,18 @@ def _gaps(rows: list[dict[str, Any]]) -> list[str]:
             if not same:
                 continue
             base = same[0]
-            gap = base["after"][metric] - r["after"][metric]
+            wide = bool(r.get("wide") and base.get("wide"))
+            score, base_score = ((r["wide"]["metrics"][metric], base["wide"]["metrics"][metric]) if wide
+                                 else (r["after"][metric], base["after"][metric]))
+            gap = base_score - score
             target = targets[task] if r["target_epsilon"] == 3.0 else None
             verdict = "" if target is None else (" - target met" if gap <= target else " - target NOT met")
             variant = f" ({r['head_init']} head)" if r.get("head_init") else ""
             variant += f", {_protocol(r)}" if _protocol(r) else ""
-            line = (f"* {task} {r['method']}{variant} eps={r['target_epsilon']:g}: {metric} {r['after'][metric]:.1f} "
-                    f"vs {base['after'][metric]:.1f} non-private, gap {gap:.1f} points"
+            if wide:
+                variant += f", on {r['wide']['eval_examples']} test MRs"
+            line = (f"* {task} {r['method']}{variant} eps={r['target_epsilon']:g}: {metric} {score:.1f} "
+                    f"vs {base_score:.1f} non-private, gap {gap:.1f} points"
                     + (f" (target: within {target:g}){verdict}" if target is not None else ""))
             if best is not None and best is not base:
                 line += f"; {best['after'][metric] - r['after'][metric]:.1f} below the best non-private run"
@@ -554,11 +633,11 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                 color = {"full": "tab:cyan", "lora": "tab:green"}[method]
             private = sorted((r for r in group if r["target_epsilon"] is not None), key=lambda r: r["epsilon_rdp"])
             if private:
-                ax.plot([r["epsilon_rdp"] for r in private], [r["after"][metric] for r in private],
+                ax.plot([r["epsilon_rdp"] for r in private], [_score(r, metric) for r in private],
                         markers.get(variant, "o") + style, color=color, label=f"{label} (DP)")
             for r in group:
                 if r["target_epsilon"] is None:
-                    ax.axhline(r["after"][metric], linestyle="--" if variant != "zero" else ":",
+                    ax.axhline(_score(r, metric), linestyle="--" if variant != "zero" else ":",
                                color=color, label=f"{label} (non-private)")
         model = done[[r["task"] for r in done].index(task)]["model"]
         ax.set(xlabel="epsilon spent (RDP)", ylabel=metric, title=f"{task} / {model}")

@@ -186,7 +186,7 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
     """Run (or resume) the training job described by ``config``; returns the final metrics summary."""
     import transformers
 
-    from privtune.models import load_model, model_architecture
+    from privtune.models import model_architecture
 
     transformers.logging.set_verbosity_error()  # no load reports about the new classification head
     out = Path(config.output_dir)
@@ -198,13 +198,7 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
     _check_resume(out, config)
     _seed_everything(config.seed)
 
-    if isinstance(task, ClassificationTask):
-        kind = "classification" if config.classifier_mode == "head" else "infilling"
-        model, tokenizer = load_model(config.model, kind, num_labels=task.num_labels, seed=config.seed,
-                                      head_init=config.head_init, label_prompts=task.label_prompts)
-    else:
-        model, tokenizer = load_model(config.model, "generation", seed=config.seed)
-    model = apply_method(model, config.method, lora_rank=config.lora_rank)
+    model, tokenizer = _build_model(config, task)
     model.train()
     _disable_dropout(model)
     trainable, total = count_trainable(model)
@@ -333,6 +327,76 @@ def train(config: TrainConfig, progress: bool = True, log: Callable[[str], None]
 
     write_run_report(out)
     return summary
+
+
+def _build_model(config: TrainConfig, task: Any) -> tuple[nn.Module, Any]:
+    """The model and tokenizer a (resolved) config trains: the task's model kind, then the method."""
+    from privtune.models import load_model
+
+    if isinstance(task, ClassificationTask):
+        kind = "classification" if config.classifier_mode == "head" else "infilling"
+        model, tokenizer = load_model(config.model, kind, num_labels=task.num_labels, seed=config.seed,
+                                      head_init=config.head_init, label_prompts=task.label_prompts)
+    else:
+        model, tokenizer = load_model(config.model, "generation", seed=config.seed)
+    return apply_method(model, config.method, lora_rank=config.lora_rank), tokenizer
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    eval_file: str | None = None,
+    eval_limit: int | None = None,
+    num_beams: int | None = None,
+    max_new_tokens: int | None = None,
+    name: str = "eval",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a finished run's model again, on other data or more of it (e.g. a larger test subset).
+
+    The model is rebuilt from the run's ``config.json`` and its final ``checkpoint.pt``; the metrics go to
+    ``<run>/evaluations/<name>.json`` and the generations to ``<name>.samples.jsonl`` next to it. Evaluating on
+    public test data spends no privacy budget. Returns what was written.
+    """
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    out = Path(run_dir)
+    for needed in ("config.json", "metrics.json", CHECKPOINT):
+        if not (out / needed).exists():
+            raise PrivtuneError(f"{out} is not a finished run folder ({needed} is missing): train it to the end first")
+    config = TrainConfig(**{k: v for k, v in read_json(out / "config.json").items()
+                            if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    overrides: dict[str, Any] = {"eval_file": eval_file, "eval_limit": eval_limit, "num_beams": num_beams,
+                                 "max_new_tokens": max_new_tokens}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if eval_file is not None and eval_limit is None:
+        config.eval_limit = None  # the whole given file, not the run's limit on the shipped split
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise PrivtuneError(f"--name {name!r} must be a plain file name (no path separators)")
+    task = get_task(config.task)
+    eval_set = task.load_split(task.eval_split, config.eval_limit, config.eval_file, config.on_bad_rows)
+    if not eval_set:
+        raise DataError("the evaluation set is empty: nothing to evaluate")
+    model, tokenizer = _build_model(config, task)
+    _disable_dropout(model)
+    params = dict(model.named_parameters())
+    trained = load_checkpoint(out / CHECKPOINT)["trainable"]
+    missing = sorted(set(trained) - set(params))
+    if missing:
+        raise PrivtuneError(f"{out}/{CHECKPOINT} holds parameters this model does not have: {', '.join(missing[:3])}")
+    with torch.no_grad():
+        for param_name, value in trained.items():
+            params[param_name].copy_(value)
+    folder = out / "evaluations"
+    folder.mkdir(exist_ok=True)
+    metrics = evaluate(model, tokenizer, task, eval_set, config, progress=progress,
+                       samples_path=folder / f"{name}.samples.jsonl")
+    result = {"run": str(out), "task": config.task, "eval_file": config.eval_file, "eval_limit": config.eval_limit,
+              "eval_examples": len(eval_set), "num_beams": config.num_beams, "max_new_tokens": config.max_new_tokens,
+              "metrics": metrics}
+    write_json(folder / f"{name}.json", result)
+    return result
 
 
 def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:

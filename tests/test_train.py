@@ -14,7 +14,7 @@ from privtune.cli import main
 from privtune.errors import AccountingError, DataError, PrivtuneError
 from privtune.models import load_tokenizer
 from privtune.runs import load_checkpoint
-from privtune.train import TrainConfig, train
+from privtune.train import TrainConfig, evaluate_run, train
 
 
 @pytest.fixture(scope="session")
@@ -144,6 +144,25 @@ def test_generation_tasks(tmp_path, tiny_llama_dir, task):
     assert set(summary["after"]) == expected
     samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 3 and "generated" in json.loads(samples[0])
+
+
+def test_evaluate_a_finished_run_again(tmp_path, tiny_llama_dir, tiny_bert_dir):
+    """privtune evaluate rebuilds the trained model: on the run's own data it reproduces the run's metrics."""
+    summary = train(_config(tmp_path, tiny_llama_dir, task="e2e", method="lora", eval_limit=3, max_new_tokens=4,
+                            max_length=96, eval_before=False), progress=False, log=lambda _: None)
+    run = tmp_path / "run"
+    again = evaluate_run(run, progress=False)
+    assert again["eval_examples"] == 3 and again["metrics"] == pytest.approx(summary["after"], rel=1e-6)
+    assert json.loads((run / "evaluations" / "eval.json").read_text())["metrics"] == again["metrics"]
+    more = evaluate_run(run, eval_limit=5, name="five", progress=False)
+    assert more["eval_examples"] == 5 and len((run / "evaluations" / "five.samples.jsonl").read_text().splitlines()) == 5
+    classifier = train(_config(tmp_path, tiny_bert_dir, eval_before=False, output_dir=str(tmp_path / "cls")),
+                       progress=False, log=lambda _: None)
+    assert evaluate_run(tmp_path / "cls", progress=False)["metrics"] == pytest.approx(classifier["after"])
+    with pytest.raises(PrivtuneError, match="not a finished run folder"):
+        evaluate_run(tmp_path / "nowhere", progress=False)
+    with pytest.raises(PrivtuneError, match="plain file name"):
+        evaluate_run(run, name="../escape", progress=False)
 
 
 def test_infilling_and_lora_and_non_private(tmp_path, tiny_llama_dir):

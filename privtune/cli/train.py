@@ -72,6 +72,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_demo)
 
+    evaluate = subparsers.add_parser(
+        "evaluate", help="evaluate a finished run's model again, on other or more data",
+        description="Rebuild a finished run's model from its run folder (config.json, checkpoint.pt) and compute "
+        "the task's metrics on other data or more of it; writes RUN/evaluations/NAME.json and NAME.samples.jsonl. "
+        "Evaluating on public test data spends no privacy budget.")
+    evaluate.add_argument("run", help="a run folder written by privtune train")
+    evaluate.add_argument("--eval-file", help="an evaluation file in the task's format (default: the run's own)")
+    evaluate.add_argument("--eval-limit", type=int, help="the first N examples (default: the run's limit; with "
+                          "--eval-file, the whole file)")
+    evaluate.add_argument("--num-beams", type=int)
+    evaluate.add_argument("--max-new-tokens", type=int)
+    evaluate.add_argument("--name", default="eval", help="file name of the result in RUN/evaluations/")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(func=_evaluate)
+
     report = subparsers.add_parser("report", help="compare finished runs: metric vs epsilon")
     report.add_argument("runs", nargs="+")
     report.add_argument("--output", default="runs/comparison")
@@ -89,6 +105,20 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, default=str))
     print(f"run folder: {config.output_dir} (report.md, metrics.json, privacy.json)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from privtune.train import evaluate_run
+
+    result = evaluate_run(args.run, eval_file=args.eval_file, eval_limit=args.eval_limit, num_beams=args.num_beams,
+                          max_new_tokens=args.max_new_tokens, name=args.name, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        print(f"{result['task']} on {result['eval_examples']} examples: "
+              + ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
+    print(f"written: {args.run}/evaluations/{args.name}.json")
     return 0
 
 
