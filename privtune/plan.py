@@ -511,7 +511,9 @@ def suggest_hyperparameters(
         f"LoRA: learning rate {lr_lora:.3g} instead. Its B matrices start at zero and only the adapters and the "
         "head train, so each trained coordinate gets a larger share of the clipped norm C; measured on MiniLM/SST-2 "
         "(epsilon = 3): 5e-3 reached 71% at N = 8,000 where 2e-3 stayed at chance; full fine-tuning at 2e-3 "
-        "diverged (loss rising) on N = 2,000 and 5e-4-1e-3 hardly moved."
+        "diverged (loss rising) on N = 2,000 and 5e-4-1e-3 hardly moved. For a short run a larger rate: E2E with "
+        "SmolLM2, 8 steps of 256 sampled from all 42,061 rows, 1e-2 reached BLEU 48.6 at epsilon 3 against 50.2 "
+        "for the best non-private run (3e-3); 3e-2 diverged even without noise."
     )
     reasoning.append(
         f"Clipping norm C = {PAPER_CLIPPING_NORM}: the paper clips small, so that almost every per-example gradient "
