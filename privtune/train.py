@@ -349,6 +349,7 @@ def evaluate_run(
     eval_limit: int | None = None,
     num_beams: int | None = None,
     max_new_tokens: int | None = None,
+    on_bad_rows: str | None = None,
     name: str = "eval",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -368,7 +369,7 @@ def evaluate_run(
     config = TrainConfig(**{k: v for k, v in read_json(out / "config.json").items()
                             if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     overrides: dict[str, Any] = {"eval_file": eval_file, "eval_limit": eval_limit, "num_beams": num_beams,
-                                 "max_new_tokens": max_new_tokens}
+                                 "max_new_tokens": max_new_tokens, "on_bad_rows": on_bad_rows}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if eval_file is not None and eval_limit is None:
         config.eval_limit = None  # the whole given file, not the run's limit on the shipped split

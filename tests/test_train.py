@@ -159,6 +159,11 @@ def test_evaluate_a_finished_run_again(tmp_path, tiny_llama_dir, tiny_bert_dir):
     classifier = train(_config(tmp_path, tiny_bert_dir, eval_before=False, output_dir=str(tmp_path / "cls")),
                        progress=False, log=lambda _: None)
     assert evaluate_run(tmp_path / "cls", progress=False)["metrics"] == pytest.approx(classifier["after"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("mr,ref\nname[X],\nname[Y],Y is here.\n")
+    with pytest.raises(DataError, match="line 2"):
+        evaluate_run(run, eval_file=str(bad), progress=False)
+    assert evaluate_run(run, eval_file=str(bad), on_bad_rows="skip", progress=False)["eval_examples"] == 1
     with pytest.raises(PrivtuneError, match="not a finished run folder"):
         evaluate_run(tmp_path / "nowhere", progress=False)
     with pytest.raises(PrivtuneError, match="plain file name"):

@@ -81,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--eval-file", help="an evaluation file in the task's format (default: the run's own)")
     evaluate.add_argument("--eval-limit", type=int, help="the first N examples (default: the run's limit; with "
                           "--eval-file, the whole file)")
+    evaluate.add_argument("--on-bad-rows", choices=("error", "skip"), help="default: the run's own setting")
     evaluate.add_argument("--num-beams", type=int)
     evaluate.add_argument("--max-new-tokens", type=int)
     evaluate.add_argument("--name", default="eval", help="file name of the result in RUN/evaluations/")
@@ -112,7 +113,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from privtune.train import evaluate_run
 
     result = evaluate_run(args.run, eval_file=args.eval_file, eval_limit=args.eval_limit, num_beams=args.num_beams,
-                          max_new_tokens=args.max_new_tokens, name=args.name, progress=not args.quiet)
+                          max_new_tokens=args.max_new_tokens, on_bad_rows=args.on_bad_rows, name=args.name,
+                          progress=not args.quiet)
     if args.json:
         print(json.dumps(result, default=str))
     else:
