@@ -569,7 +569,7 @@ def _gaps(rows: list[dict[str, Any]]) -> list[str]:
         for r in done:
             if r["task"] != task or r["target_epsilon"] is None:
                 continue
-            same = [b for b in references if b["method"] == r["method"] and b.get("head_init") == r.get("head_init")
+            same = [b for b in references if b["method"] == r["method"] and (b.get("head_init") or "") == (r.get("head_init") or "")
                     and b["epochs"] == r["epochs"] and b["train_examples"] == r["train_examples"]]
             if not same:
                 continue
