@@ -14,6 +14,7 @@ from privtune.cli import main
 from privtune.errors import AccountingError, DataError, PrivtuneError
 from privtune.models import load_tokenizer
 from privtune.runs import load_checkpoint
+from privtune.tasks.io import BadRowsWarning
 from privtune.train import TrainConfig, evaluate_run, train
 
 
@@ -163,7 +164,8 @@ def test_evaluate_a_finished_run_again(tmp_path, tiny_llama_dir, tiny_bert_dir):
     bad.write_text("mr,ref\nname[X],\nname[Y],Y is here.\n")
     with pytest.raises(DataError, match="line 2"):
         evaluate_run(run, eval_file=str(bad), progress=False)
-    assert evaluate_run(run, eval_file=str(bad), on_bad_rows="skip", progress=False)["eval_examples"] == 1
+    with pytest.warns(BadRowsWarning, match="skipped 1 malformed rows"):
+        assert evaluate_run(run, eval_file=str(bad), on_bad_rows="skip", progress=False)["eval_examples"] == 1
     with pytest.raises(PrivtuneError, match="not a finished run folder"):
         evaluate_run(tmp_path / "nowhere", progress=False)
     with pytest.raises(PrivtuneError, match="plain file name"):
