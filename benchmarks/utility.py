@@ -309,24 +309,21 @@ def e2e_wide_eval_file(runs_dir: Path) -> Path:
     references, as a CSV in the task's format (written once, next to the run folders)."""
     import csv
     import io
-    import lzma
+
+    from privtune.runs import write_text
+    from privtune.tasks import get_task
 
     path = runs_dir.parent / f"e2e-{E2E_WIDE_EVAL_NAME}.csv"
     if path.exists():
         return path
-    text = lzma.decompress((ROOT / "privtune" / "data" / "e2e" / "testset_w_refs.csv.xz").read_bytes()).decode()
-    grouped: dict[str, list[str]] = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        grouped.setdefault(row["mr"], []).append(row["ref"])
-    kept = list(grouped.items())[::E2E_WIDE_EVAL_EVERY]
+    task = get_task("e2e")
+    kept = task.load_split(task.eval_split, None, None, "error")[::E2E_WIDE_EVAL_EVERY]  # grouped by MR
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["mr", "ref"])
-    writer.writerows((mr, ref) for mr, refs in kept for ref in refs)
+    writer.writerows((example.source, ref) for example in kept for ref in example.references)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(buffer.getvalue())
-    tmp.replace(path)
+    write_text(path, buffer.getvalue())
     return path
 
 
@@ -464,16 +461,14 @@ def diagnose_sst2(run: Run, out: Path) -> dict[str, float] | None:
     from privtune.models import load_model
     from privtune.runs import load_checkpoint
     from privtune.tasks import get_task
+    from privtune.train import load_trainable
 
     torch.set_num_threads(THREADS)
     transformers.logging.set_verbosity_error()
     config = json.loads((out / "config.json").read_text())
     model, tokenizer = load_model(run.model, "classification", num_labels=2, seed=config["seed"])
     model = apply_method(model, run.method, lora_rank=config["lora_rank"])
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in load_checkpoint(out / "checkpoint.pt")["trainable"].items():
-            params[name].copy_(value)
+    load_trainable(model, load_checkpoint(out / "checkpoint.pt")["trainable"], out / "checkpoint.pt")
     model.eval()
     task = get_task("sst2")
     dev = task.load_split(task.eval_split, run.eval_limit, None, "error")

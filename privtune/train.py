@@ -89,6 +89,12 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """A config from a mapping that may hold other keys too (a saved ``config.json``, parsed CLI options)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 def recipe_defaults(config: TrainConfig, model_is_encoder: bool) -> TrainConfig:
     """Fill the ``None`` fields with what worked on this machine (``benchmarks/utility.py``; README, Results).
@@ -342,6 +348,17 @@ def _build_model(config: TrainConfig, task: Any) -> tuple[nn.Module, Any]:
     return apply_method(model, config.method, lora_rank=config.lora_rank), tokenizer
 
 
+def load_trainable(model: nn.Module, trainable: dict[str, Tensor], source: str | Path = "the checkpoint") -> None:
+    """Copy a checkpoint's trained parameters (``checkpoint.pt``'s ``"trainable"``) into a freshly built model."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(trainable) - set(params))
+    if unknown:
+        raise PrivtuneError(f"{source} holds parameters this model does not have: {', '.join(unknown[:3])}")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -366,8 +383,7 @@ def evaluate_run(
     for needed in ("config.json", "metrics.json", CHECKPOINT):
         if not (out / needed).exists():
             raise PrivtuneError(f"{out} is not a finished run folder ({needed} is missing): train it to the end first")
-    config = TrainConfig(**{k: v for k, v in read_json(out / "config.json").items()
-                            if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    config = TrainConfig.from_dict(read_json(out / "config.json"))
     overrides: dict[str, Any] = {"eval_file": eval_file, "eval_limit": eval_limit, "num_beams": num_beams,
                                  "max_new_tokens": max_new_tokens, "on_bad_rows": on_bad_rows}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -381,14 +397,7 @@ def evaluate_run(
         raise DataError("the evaluation set is empty: nothing to evaluate")
     model, tokenizer = _build_model(config, task)
     _disable_dropout(model)
-    params = dict(model.named_parameters())
-    trained = load_checkpoint(out / CHECKPOINT)["trainable"]
-    missing = sorted(set(trained) - set(params))
-    if missing:
-        raise PrivtuneError(f"{out}/{CHECKPOINT} holds parameters this model does not have: {', '.join(missing[:3])}")
-    with torch.no_grad():
-        for param_name, value in trained.items():
-            params[param_name].copy_(value)
+    load_trainable(model, load_checkpoint(out / CHECKPOINT)["trainable"], out / CHECKPOINT)
     folder = out / "evaluations"
     folder.mkdir(exist_ok=True)
     metrics = evaluate(model, tokenizer, task, eval_set, config, progress=progress,
@@ -459,10 +468,7 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, schedu
 
 def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
              engine: PrivacyEngine | None) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state["trainable"].items():
-            params[name].copy_(value)
+    load_trainable(model, state["trainable"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])

@@ -98,8 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from privtune.train import train
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = TrainConfig.from_dict(vars(args))
     if config.non_private:
         config.epsilon = None
     summary = train(config, progress=not args.quiet)
