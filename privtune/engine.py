@@ -377,8 +377,11 @@ class PrivacyEngine:
         sq_norms = [total_sq_norms(contributions[k], self.norm_method, grams) for k in order]
         del grams
         factors = clip_factors(self.clipping, self.max_grad_norm, sq_norms, len(self._params), self.gamma)
+        # The accumulators hold (noise + sum_i c_i G_i) / B: dividing the factors (B values) and the noise's
+        # scale now saves a pass over every parameter at step().
+        scale = 1.0 / self.expected_batch_size
         if second:
-            coef = factors[0].detach()
+            coef = factors[0].detach() * scale
             params = [self._params[k] for k in order]
             del contributions
             sums = torch.autograd.grad((losses * coef).sum(), params, allow_unused=True)
@@ -388,6 +391,7 @@ class PrivacyEngine:
             return
         for k, factor in zip(order, factors):
             accumulator = self._accumulator(k)
+            factor = factor * scale
             for part in contributions.pop(k):
                 part.add_clipped_sum_(accumulator, factor)
 
@@ -493,14 +497,15 @@ class PrivacyEngine:
                 )
 
     def _accumulator(self, k: int) -> Tensor:
-        """Parameter k's noisy sum for this logical batch, created on first use as the noise
-        ``N(0, sigma^2 C^2)`` itself: clipped sums are then added in place (no zero-filled buffer, no extra
-        pass over the parameter). The noise is drawn once per logical batch, whatever the micro-batches."""
+        """Parameter k's noisy sum divided by B, for this logical batch: created on first use as the noise
+        ``N(0, sigma^2 C^2) / B`` itself, then the clipped sums (already divided by B) are added in place. No
+        zero-filled buffer and no pass over the parameter at step(); the noise is drawn once per logical
+        batch, whatever the micro-batches."""
         accumulator = self._accumulated[k]
         if accumulator is None:
             param = self._params[k]
             accumulator = torch.empty_like(param, memory_format=torch.contiguous_format)
-            self._accumulated[k] = self._noise.fill_(accumulator, self.noise_std)
+            self._accumulated[k] = self._noise.fill_(accumulator, self.noise_std / self.expected_batch_size)
         return accumulator
 
     # ------------------------------------------------------------------- step
@@ -516,13 +521,13 @@ class PrivacyEngine:
         return self.noise_multiplier * self.max_grad_norm
 
     def step(self) -> None:
-        """Add ``N(0, sigma^2 C^2)`` once to each accumulated clipped sum (drawn when the sum is started), divide by the expected batch size,
-        run ``optimizer.step()``, and clear what was accumulated. A logical batch with no examples is a valid
+        """Set each parameter's gradient to ``(sum_i c_i G_i + N(0, sigma^2 C^2)) / B`` (the noise drawn once,
+        when the sum was started), run ``optimizer.step()``, and clear what was accumulated. A logical batch with no examples is a valid
         step: the update is noise only (Poisson sampling can draw an empty batch)."""
         if self._records:
             raise PrivtuneError("a forward pass was recorded but engine.backward was not called on its losses")
         for k, param in enumerate(self._params):
-            param.grad = self._accumulator(k).div_(self.expected_batch_size)
+            param.grad = self._accumulator(k)  # (noise + sum_i c_i G_i) / B, see _accumulator
         self.optimizer.step()
         for param in self._params:
             param.grad = None

@@ -27,6 +27,28 @@ NormMethod = Literal["auto", "ghost", "per_example"]
 NORM_METHODS: tuple[str, ...] = ("auto", "ghost", "per_example")
 
 
+# Columns per chunk of a row-wise dot product: bounds the temporary that ``vecdot`` creates to B x 64K elements.
+_DOT_CHUNK = 1 << 16
+
+
+def rowwise_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_k a[i, ...] b[i, ...]`` for every leading index i: shape ``(B,)``.
+
+    Not ``einsum("bk,bk->b")``: PyTorch maps that onto a batched matrix product of 1 x k by k x 1 blocks,
+    which is 10-20x slower on CPU than a fused multiply-and-sum (``vecdot``). Long rows are taken in chunks so
+    the temporary stays small.
+    """
+    a = a.reshape(a.shape[0], -1)
+    b = b.reshape(b.shape[0], -1)
+    width = a.shape[1]
+    if width <= _DOT_CHUNK:
+        return torch.linalg.vecdot(a, b)
+    total = torch.linalg.vecdot(a[:, :_DOT_CHUNK], b[:, :_DOT_CHUNK])
+    for start in range(_DOT_CHUNK, width, _DOT_CHUNK):
+        total += torch.linalg.vecdot(a[:, start : start + _DOT_CHUNK], b[:, start : start + _DOT_CHUNK])
+    return total
+
+
 def choose_method(method: NormMethod, steps: int, left_size: int, right_size: int) -> str:
     """Resolve ``"auto"``: ghost when ``2 T^2 < p d`` (the Gram matrices are smaller than G_i), else
     materialise. Explicit choices pass through."""
@@ -97,8 +119,7 @@ class DenseGrad(PerExampleGrad):
         return self.values.shape[0]
 
     def sq_norms(self, method: NormMethod = "auto", cache: GramCache | None = None) -> Tensor:
-        flat = self.values.reshape(self.batch_size, -1)
-        return torch.einsum("bk,bk->b", flat, flat)
+        return rowwise_dot(self.values, self.values)
 
     def add_clipped_sum_(self, out: Tensor, coef: Tensor) -> Tensor:
         flat = self.values.reshape(self.batch_size, -1)
@@ -152,12 +173,12 @@ class OuterGrad(PerExampleGrad):
     def ghost_inner(self, other: OuterGrad) -> Tensor:
         """``<G_i, G'_i> = <U U'^T, V V'^T>`` per example, never forming G."""
         right_gram = torch.bmm(self.right, other.right.transpose(1, 2))
-        return torch.einsum("bts,bts->b", self._left_gram(other), right_gram)
+        return rowwise_dot(self._left_gram(other), right_gram)
 
     def ghost_sq_norms(self, cache: GramCache) -> Tensor:
         """``<U U^T, V V^T>`` with both Gram matrices from ``cache`` (shared across layers)."""
         left = cache.self_gram(self.left).to(self.right.dtype)
-        return torch.einsum("bts,bts->b", left, cache.self_gram(self.right))
+        return rowwise_dot(left, cache.self_gram(self.right))
 
     def sq_norms(self, method: NormMethod = "auto", cache: GramCache | None = None) -> Tensor:
         cache = GramCache() if cache is None else cache
@@ -167,8 +188,7 @@ class OuterGrad(PerExampleGrad):
         if choose_method(method, self.steps, self.left_size, self.right_size) == "ghost":
             return self.ghost_sq_norms(cache)
         per_example = torch.bmm(self.left.transpose(1, 2), self.right)
-        flat = per_example.reshape(self.batch_size, -1)
-        return torch.einsum("bk,bk->b", flat, flat)
+        return rowwise_dot(per_example, per_example)
 
     def _index_sq_norms(self) -> Tensor:
         """Embedding norms by sparse materialisation: sum the rows of ``right`` that hit the same token
@@ -221,9 +241,7 @@ def inner(a: PerExampleGrad, b: PerExampleGrad) -> Tensor:
         and a.right_size == b.right_size
     ):
         return a.ghost_inner(b)
-    flat_a = a.materialize().reshape(a.batch_size, -1)
-    flat_b = b.materialize().reshape(b.batch_size, -1)
-    return torch.einsum("bk,bk->b", flat_a, flat_b)
+    return rowwise_dot(a.materialize(), b.materialize())
 
 
 def total_sq_norms(

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from privtune import grads
 from privtune.grads import DenseGrad, GramCache, OuterGrad, inner, total_sq_norms
 
 
@@ -61,3 +62,18 @@ def test_gram_cache_shares_one_gram_per_tensor():
     k = OuterGrad(torch.randn(2, 5, 7, dtype=torch.float64), same, 7, torch.Size([7, 4]))
     torch.testing.assert_close(q.sq_norms("ghost", cache), _dense(q).pow(2).sum((1, 2)))
     torch.testing.assert_close(k.sq_norms("ghost", cache), _dense(k).pow(2).sum((1, 2)))
+
+
+@pytest.mark.parametrize("chunk", [4, 7, 1 << 16])
+def test_rowwise_dot_matches_a_loop_in_chunks(monkeypatch, chunk):
+    """Norms and cross terms go through rowwise_dot; long rows are summed chunk by chunk (chunk 4 and 7 split a
+    row of 30 evenly and unevenly; 1 << 16 takes it whole)."""
+    monkeypatch.setattr(grads, "_DOT_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 5, 6, generator=gen, dtype=torch.float64)
+    b = torch.randn(4, 5, 6, generator=gen, dtype=torch.float64)
+    expected = torch.tensor(
+        [sum(float(x) * float(y) for x, y in zip(a[i].flatten(), b[i].flatten())) for i in range(4)],
+        dtype=torch.float64,
+    )
+    assert torch.allclose(grads.rowwise_dot(a, b), expected, rtol=1e-12, atol=1e-12)

@@ -15,6 +15,7 @@ BatchNorm mixes examples within a batch and is refused by the engine (see ``priv
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from privtune.grads import DenseGrad, PerExampleGrad
@@ -36,8 +37,8 @@ def layer_norm_rule(call: ModuleCall) -> dict[str, PerExampleGrad]:
     grads = call.grad_output
     out: dict[str, PerExampleGrad] = {}
     if call.trainable("weight"):
-        var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=0)
-        xhat = (x - mean) * torch.rsqrt(var + module.eps)
+        # The module's own kernel without its affine part: the same xhat as its forward, one fused pass.
+        xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
         out["weight"] = DenseGrad(_sum_to_param(call, grads * xhat, len(dims)))
     if call.trainable("bias"):
         out["bias"] = DenseGrad(_sum_to_param(call, grads, len(dims)))
