@@ -51,6 +51,10 @@ Method
   (or down from the first that does not) and bisecting, so the reported B fits and B + 1 does not. A
   watchdog thread in the worker ends a probe as soon as its RSS passes the cap (so failed probes are
   cheap); the decision uses the exact peak.
+* **Logical batches** (phase ``accumulate``): the headline model, T and micro-batch with ``--accumulate K``
+  (default 4) micro-batches per optimizer step, as private fine-tuning is run (logical batches of hundreds of
+  examples): non-private accumulates gradients, privtune accumulates clipped sums and draws the noise once per
+  step. Only ``nonprivate`` and the book-keeping modes ``auto`` and ``ghost``; same interleaving.
 * **Profile** (``--profile``, on by default): two steps of the fastest privtune kind (by CPU time) and of
   the non-private step, each in its own process, under torch.profiler. privtune's functions, autograd
   and AdamW are wrapped in timing ranges (in the worker process only; the library is not modified) that
@@ -59,7 +63,8 @@ Method
   top-ops tables go to ``benchmarks/out/profile.txt``; the split goes into the results.
 * **Budget.** Defaults: 3 rounds of 1 warm-up + 2 timed steps for the headline configuration, 1 round of
   1 warm-up + 1 timed step elsewhere (about an hour at this machine's load); ``--resume JSON`` adds phases
-  or rounds to an existing results file (every addition is recorded in it).
+  or rounds to an existing results file (every addition is recorded in it). The profile section also states
+  the *floor*: noise plus norms as a share of the non-private step, work that no private step can skip.
 
 Outputs: ``benchmarks/results/step_cost.json`` (everything, raw runs included), ``step_cost.md`` (the
 tables; also spliced into ``benchmarks/README.md`` between ``<!-- step_cost:begin -->`` and
@@ -217,6 +222,7 @@ class WorkerSpec:
     profile: bool = False
     abort_above_mib: float | None = None
     scratch: str = ""
+    micro_batches: int = 1  # micro-batches of ``batch`` examples per optimizer step (gradient accumulation)
 
 
 # ------------------------------------------------------------------------------------ memory helpers
@@ -320,8 +326,11 @@ class _PerExampleCausalLM:
         return losses.mean() if self.reduction == "mean" else losses.sum()
 
 
-def make_step(kind: str, model: Any, batch: int, inputs: dict[str, Any], labels: Any) -> Callable[[], None]:
-    """Set up ``kind`` on ``model`` and return a closure running one whole training step."""
+def make_step(kind: str, model: Any, batch: int, inputs: dict[str, Any], labels: Any,
+              micro_batches: int = 1) -> Callable[[], None]:
+    """Set up ``kind`` on ``model`` and return a closure running one whole training step: ``micro_batches``
+    forward/backward passes over micro-batches of ``batch`` examples (gradients accumulated), then one
+    optimizer step (privtune: one noise draw, expected batch size ``batch * micro_batches``)."""
     import torch
 
     from privtune import PrivacyEngine
@@ -331,8 +340,9 @@ def make_step(kind: str, model: Any, batch: int, inputs: dict[str, Any], labels:
     if kind in ("nonprivate", "nonprivate-untied"):
 
         def step() -> None:
-            loss = causal_lm_losses(model(**inputs).logits, labels).mean()
-            loss.backward()
+            for _ in range(micro_batches):
+                loss = causal_lm_losses(model(**inputs).logits, labels).mean() / micro_batches
+                loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -340,15 +350,18 @@ def make_step(kind: str, model: Any, batch: int, inputs: dict[str, Any], labels:
     if kind in PRIVTUNE_MODES:
         clipped_sum, norm_method = PRIVTUNE_MODES[kind]
         engine = PrivacyEngine(
-            model, optimizer, max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=batch,
+            model, optimizer, max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=batch * micro_batches,
             clipping="flat", norm_method=norm_method, clipped_sum=clipped_sum, self_check=False,
         )
 
         def private_step() -> None:
-            engine.backward(causal_lm_losses(model(**inputs).logits, labels))
+            for _ in range(micro_batches):
+                engine.backward(causal_lm_losses(model(**inputs).logits, labels))
             engine.step()
 
         return private_step
+    if micro_batches != 1:
+        raise ValueError(f"{kind} is measured with one micro-batch per step only")
     if kind in ("opacus-hooks", "opacus-ghost"):
         from opacus import PrivacyEngine as OpacusEngine
         from torch.utils.data import DataLoader, TensorDataset
@@ -533,7 +546,7 @@ def run_worker(spec: WorkerSpec) -> dict[str, Any]:
         clock = RangeClock()
         if spec.profile:
             _instrument_privtune(clock)
-        step = make_step(spec.kind, model, spec.batch, inputs, ids)
+        step = make_step(spec.kind, model, spec.batch, inputs, ids, spec.micro_batches)
         if spec.profile:
             inner = step
 
@@ -624,6 +637,8 @@ class Settings:
     readme: Path | None
     quick: bool
     out_name: str = DEFAULT_OUT_NAME
+    accumulate: int = 4
+    accumulate_rounds: int = 3
 
 
 def plan_cells(settings: Settings) -> list[Cell]:
@@ -734,16 +749,45 @@ def run_main(settings: Settings, log: Callable[[str], None], sink: Callable[[dic
                     f"{cell.model} T={cell.seq_len} B={cell.batch} {kind}: {_fmt_run(result)}")
 
 
+def accumulate_kinds(settings: Settings) -> list[str]:
+    """The kinds of the accumulation phase: the reference and the book-keeping privtune modes measured."""
+    return [REFERENCE] + [k for k in settings.kinds
+                          if k in PRIVTUNE_MODES and PRIVTUNE_MODES[k] in (("bookkeeping", "auto"), ("bookkeeping", "ghost"))]
+
+
+def run_accumulate(settings: Settings, log: Callable[[str], None], sink: Callable[[dict[str, Any]], None],
+                   first_round: int = 0) -> None:
+    """Headline model, T and micro-batch, but ``settings.accumulate`` micro-batches per optimizer step, as private
+    fine-tuning is run (logical batches of hundreds of examples): the noise and the optimizer step are paid once
+    per logical batch. Kinds interleaved as whole processes, like the main phase."""
+    model, seq_len, batch = settings.headline
+    kinds = accumulate_kinds(settings)
+    total = settings.accumulate_rounds * len(kinds)
+    done = 0
+    for round_index in range(settings.accumulate_rounds):
+        shift = round_index % len(kinds)
+        for kind in kinds[shift:] + kinds[:shift]:
+            spec = WorkerSpec(model, seq_len, batch, kind, warmup=1, steps=1, micro_batches=settings.accumulate)
+            result = spawn(spec, settings, log)
+            result["round"] = first_round + round_index
+            result["phase"] = "accumulate"
+            sink(result)
+            done += 1
+            log(f"[accumulate {done}/{total}] {model} T={seq_len} B={batch} x{settings.accumulate} micro-batches "
+                f"{kind}: {_fmt_run(result)}")
+
+
 def _median(values: Iterable[float]) -> float | None:
     values = list(values)
     return statistics.median(values) if values else None
 
 
-def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (model, T, B, kind): medians over runs, and ratios to ``nonprivate`` of the same cell."""
+def aggregate(runs: list[dict[str, Any]], phase: str = "main") -> list[dict[str, Any]]:
+    """Per (model, T, B, kind): medians over the runs of ``phase``, and ratios to ``nonprivate`` of the same
+    cell (``phase="accumulate"``: the runs with several micro-batches per step)."""
     groups: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
     for run in runs:
-        if run.get("phase", "main") == "main":
+        if run.get("phase", "main") == phase:
             groups.setdefault((run["model"], run["seq_len"], run["batch"], run["kind"]), []).append(run)
     cells: dict[tuple[str, int, int, str], dict[str, Any]] = {}
     for (model, seq_len, batch, kind), group in groups.items():
@@ -751,6 +795,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         bad = [r for r in group if r["status"] != "ok"]
         cells[(model, seq_len, batch, kind)] = {
             "model": model, "seq_len": seq_len, "batch": batch, "kind": kind,
+            "micro_batches": group[0].get("micro_batches", 1),
             "status": "ok" if ok else bad[0]["status"],
             "reason": "" if ok else bad[0].get("reason", ""),
             "runs": len(group), "ok_runs": len(ok),
@@ -1118,6 +1163,30 @@ def render_markdown(data: dict[str, Any]) -> str:
     for model in s["batch_scan_models"]:
         lines += [f"### Scaling with micro-batch ({MODELS[model].label}, T={head_t})", "",
                   *_scan_table(cells, model, "batch", s["batch_sizes"], head_t), ""]
+    accumulated = [c for c in data.get("accumulate") or [] if c["status"] == "ok"]
+    if accumulated:
+        k = accumulated[0]["micro_batches"]
+        lines += [
+            f"### A logical batch of {k} micro-batches ({MODELS[head_model].label}, T={head_t}, micro-batch {head_b})",
+            "",
+            f"Private fine-tuning takes one optimizer step per logical batch of hundreds of examples, built from "
+            f"micro-batches. Here each step is {k} forward/backward passes over micro-batches of {head_b} and one "
+            "optimizer step (privtune: one noise draw, clipped sums accumulated over the micro-batches; "
+            "non-private: gradients accumulated), so the noise and AdamW are paid once per "
+            f"{k * head_b} examples. Same method as above (own process per kind, kinds interleaved, "
+            f"{max(c['runs'] for c in accumulated)} round(s) of one timed step after one warm-up step).",
+            "",
+            "| kind | wall s/step (median) | wall time vs non-private | CPU s/step (median) | CPU time vs "
+            "non-private | step memory GiB | memory vs non-private | runs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for cell in accumulated:
+            lines.append(
+                f"| {KINDS[cell['kind']]} | {cell['median_s']:.2f} | {_x(cell['time_ratio'])} | "
+                f"{cell['median_cpu_s']:.2f} | {_x(cell['cpu_ratio'])} | {_gib(cell['step_mem_mib'])} | "
+                f"{_x(cell['mem_ratio'])} | {cell['ok_runs']} |"
+            )
+        lines.append("")
     max_batch = data.get("max_batch")
     if max_batch:
         lines += [
@@ -1169,7 +1238,21 @@ def render_markdown(data: dict[str, Any]) -> str:
                 b = mine[key].get(name, 0.0)
                 lines.append(f"| {label} | {a:.0f} | {b:.0f} | {b - a:+.0f} | {100 * b / total:.0f}% |")
             top = ", ".join(f"`{t['op']}` {t['self_ms_per_step']:.0f} ms" for t in mine["top_ops"][:8])
-            lines += ["", f"Top self-time ops of the privtune step (wall ms per step): {top}.", ""]
+            noise = mine[key].get("privtune::noise", 0.0)
+            norms = mine[key].get("privtune::norms", 0.0)
+            reference = ref[key].get("bench::step") or 1.0
+            lines += [
+                "",
+                f"**Floor.** Drawing the noise (one Gaussian per parameter, {noise:.0f} {unit}) and the per-example "
+                f"norms (Gram matrices, {norms:.0f} {unit}) are work a non-private step does not do at all: together "
+                f"{100 * (noise + norms) / reference:.0f}% of the non-private step, so with PyTorch's Gaussian sampler "
+                f"and these matrix products no private step of this configuration can cost less than "
+                f"{1 + (noise + norms) / reference:.2f}x a non-private one, whatever the rest costs. The noise is "
+                "paid once per logical batch (see the accumulation table); the norms once per micro-batch.",
+                "",
+                f"Top self-time ops of the privtune step (wall ms per step): {top}.",
+                "",
+            ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1290,7 +1373,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                         help="profile the fastest privtune kind and the non-private step")
     parser.add_argument("--profile-steps", type=int, default=2)
-    parser.add_argument("--phases", type=_csv(str), default=["main", "max_batch", "profile"],
+    parser.add_argument("--accumulate", type=int, default=4,
+                        help="micro-batches per optimizer step in the accumulate phase (headline model, T, B)")
+    parser.add_argument("--accumulate-rounds", type=int, default=None, help="rounds of the accumulate phase")
+    parser.add_argument("--phases", type=_csv(str), default=["main", "accumulate", "max_batch", "profile"],
                         help="subset of main,max_batch,profile")
     parser.add_argument("--worker-timeout", type=int, default=1500, help="seconds per worker process")
     parser.add_argument("--worker-mem-limit-gib", type=float, default=16.0,
@@ -1362,7 +1448,8 @@ def resolve(args: argparse.Namespace) -> Settings:
         phases=args.phases, worker_timeout=args.worker_timeout, worker_mem_limit_gib=args.worker_mem_limit_gib,
         omp_wait_policy=args.omp_wait_policy,
         results_dir=pick("results_dir"), scratch_dir=args.scratch_dir, readme=None if args.quick else readme,
-        quick=args.quick, out_name=args.out_name,
+        quick=args.quick, out_name=args.out_name, accumulate=args.accumulate,
+        accumulate_rounds=args.accumulate_rounds if args.accumulate_rounds is not None else pick("headline_rounds"),
     )
 
 
@@ -1401,6 +1488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render_only is not None:
         data = json.loads(args.render_only.read_text())
         data["cells"] = aggregate(data["runs"])
+        data["accumulate"] = aggregate(data["runs"], phase="accumulate")
         data["profile"] = summarize_profile(data["runs"]) or data.get("profile")
         write_outputs(data, settings, log)
         return 0
@@ -1435,6 +1523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def save() -> None:
         data["cells"] = aggregate(data["runs"])
+        data["accumulate"] = aggregate(data["runs"], phase="accumulate")
         data["profile"] = summarize_profile(data["runs"])
         loads = [v for r in data["runs"] for v in (r.get("load_start"), r.get("load_end")) if v is not None]
         minutes_key = "resume_minutes" if previous else "wall_minutes"
@@ -1444,6 +1533,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if "main" in settings.phases:
         run_main(settings, log, sink, first_round=1 + max((r.get("round", -1) for r in runs), default=-1))
+        save()
+    if "accumulate" in settings.phases and settings.accumulate > 1:
+        run_accumulate(settings, log, sink,
+                       first_round=1 + max((r.get("round", -1) for r in runs if r.get("phase") == "accumulate"),
+                                           default=-1))
         save()
     if "max_batch" in settings.phases and settings.max_batch_kinds:
         data["max_batch"] = run_max_batch(settings, data["cells"], log, sink)
