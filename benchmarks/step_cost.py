@@ -1245,10 +1245,13 @@ def render_markdown(data: dict[str, Any]) -> str:
                 "",
                 f"**Floor.** Drawing the noise (one Gaussian per parameter, {noise:.0f} {unit}) and the per-example "
                 f"norms (Gram matrices, {norms:.0f} {unit}) are work a non-private step does not do at all: together "
-                f"{100 * (noise + norms) / reference:.0f}% of the non-private step, so with PyTorch's Gaussian sampler "
-                f"and these matrix products no private step of this configuration can cost less than "
-                f"{1 + (noise + norms) / reference:.2f}x a non-private one, whatever the rest costs. The noise is "
-                "paid once per logical batch (see the accumulation table); the norms once per micro-batch.",
+                f"{100 * (noise + norms) / reference:.0f}% of the non-private step. Everything else in the private "
+                "step is the non-private step's own work (the same forward, the backward without the weight "
+                "gradients, and the clipped sums, which are the same matrix products as those weight gradients), so "
+                f"with PyTorch's Gaussian sampler and these Gram products the private step costs about "
+                f"{1 + (noise + norms) / reference:.2f}x a non-private one even if that shared work costs exactly "
+                "what it costs there. The noise is paid once per logical batch (see the accumulation table), the "
+                "norms once per micro-batch.",
                 "",
                 f"Top self-time ops of the privtune step (wall ms per step): {top}.",
                 "",
