@@ -1380,7 +1380,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="micro-batches per optimizer step in the accumulate phase (headline model, T, B)")
     parser.add_argument("--accumulate-rounds", type=int, default=None, help="rounds of the accumulate phase")
     parser.add_argument("--phases", type=_csv(str), default=["main", "accumulate", "max_batch", "profile"],
-                        help="subset of main,max_batch,profile")
+                        help="subset of main,accumulate,max_batch,profile")
     parser.add_argument("--worker-timeout", type=int, default=1500, help="seconds per worker process")
     parser.add_argument("--worker-mem-limit-gib", type=float, default=16.0,
                         help="address-space limit of each worker (RLIMIT_AS); beyond it a kind reports OOM")
