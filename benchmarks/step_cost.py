@@ -1286,11 +1286,10 @@ def render_plot(data: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     title = f"{MODELS[head_model].label}, T={head_t}, B={head_b}"
     bars = cells
-    kinds = [k for k in KINDS if k != REFERENCE and _find(bars, head_model, head_t, head_b, k)]
-    if not kinds and data.get("accumulate"):  # an accumulate-only run: its logical-batch ratios
-        bars = data["accumulate"]
-        kinds = [k for k in KINDS if k != REFERENCE and _find(bars, head_model, head_t, head_b, k)]
+    if not _find(cells, head_model, head_t, head_b, REFERENCE) and data.get("accumulate"):
+        bars = data["accumulate"]  # an accumulate-only run: its logical-batch ratios
         title += f" x{bars[0]['micro_batches']} micro-batches"
+    kinds = [k for k in KINDS if k != REFERENCE and _find(bars, head_model, head_t, head_b, k)]
 
     def ratios(field: str) -> list[float]:
         return [(_find(bars, head_model, head_t, head_b, k) or {}).get(field) or 0.0 for k in kinds]
